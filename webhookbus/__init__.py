@@ -1,0 +1,1 @@
+"""webhookbus: verify identity providers webhooks, normalise them to CloudEvents, publish to Kafka."""

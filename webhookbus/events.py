@@ -1,0 +1,107 @@
+"""The normalized event (CloudEvents 1.0) and its two Kafka encodings.
+
+Encodings follow the CloudEvents Kafka protocol binding, so any CloudEvents SDK reads
+them: *structured* puts the whole event in the value as ``application/cloudevents+json``;
+*binary* puts the attributes in ``ce_*`` headers and the data alone in the value.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from webhookbus.plugin import InboundRequest, ProviderEvent
+
+SPECVERSION = "1.0"
+STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
+Headers = list[tuple[str, bytes]]
+
+
+def dotted_get(data: Any, path: str | None) -> Any:
+    """``data['a']['b']`` for ``'a.b'``; ``None`` when any step is missing."""
+    if path is None:
+        return None
+    for part in path.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return None
+        data = data[part]
+    return data
+
+
+def rfc3339(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class CloudEvent:
+    """One verified provider event, ready to route.  ``raw_body`` never leaves the
+    process unless a route asks for it (as the ``rawbody`` extension, base64)."""
+
+    id: str
+    source: str
+    type: str
+    time: datetime
+    data: Any
+    subject: str | None = None
+    datacontenttype: str = "application/json"
+    extensions: dict[str, str] = field(default_factory=dict)
+    raw_body: bytes = b""
+
+    def attributes(self, include_raw_body: bool = False) -> dict[str, str]:
+        """Every context attribute as the string the Kafka binding carries."""
+        attrs = {"specversion": SPECVERSION, "id": self.id, "source": self.source, "type": self.type}
+        if self.subject is not None:
+            attrs["subject"] = self.subject
+        attrs["time"] = rfc3339(self.time)
+        attrs["datacontenttype"] = self.datacontenttype
+        attrs.update(self.extensions)
+        if include_raw_body:
+            attrs["rawbody"] = base64.b64encode(self.raw_body).decode()
+        return attrs
+
+    def field(self, reference: str) -> Any:
+        """An attribute (``subject``, ``id``...) or a dotted data field (``data.user.id``)."""
+        if reference == "data":
+            return self.data
+        if reference.startswith("data."):
+            return dotted_get(self.data, reference[5:])
+        if reference in ("id", "source", "type", "subject", "datacontenttype"):
+            return getattr(self, reference)
+        return self.extensions.get(reference)
+
+
+def normalize(request: InboundRequest, verifier: str, event: ProviderEvent) -> CloudEvent:
+    """Wrap what a verifier returned into the CloudEvent every consumer sees."""
+    return CloudEvent(
+        id=event.id or hashlib.sha256(request.body).hexdigest(),
+        source=request.provider,
+        type=f"{request.provider}.{event.name}",
+        subject=event.subject,
+        time=event.time or request.received_at,
+        data=event.data,
+        extensions={"receivedtime": rfc3339(request.received_at), "verifier": verifier, **event.extensions},
+        raw_body=request.body,
+    )
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def encode_structured(event: CloudEvent, include_raw_body: bool = False) -> tuple[bytes, Headers]:
+    document: dict[str, Any] = dict(event.attributes(include_raw_body))
+    document["data"] = event.data
+    return _json(document), [("content-type", STRUCTURED_CONTENT_TYPE.encode())]
+
+
+def encode_binary(event: CloudEvent, include_raw_body: bool = False) -> tuple[bytes, Headers]:
+    attrs = event.attributes(include_raw_body)
+    headers: Headers = [("content-type", attrs.pop("datacontenttype").encode())]
+    headers.extend((f"ce_{name}", value.encode()) for name, value in attrs.items())
+    return _json(event.data), headers

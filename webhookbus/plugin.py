@@ -1,0 +1,158 @@
+"""The whole contract between webhookbus and a verifier plugin.
+
+A verifier is a class registered under the entry-point group ``webhookbus.verifiers``:
+
+    class MyVerifier:
+        Options = MyOptions              # a pydantic model; unknown keys are config errors
+
+        def __init__(self, options: MyOptions, secrets: Secrets) -> None: ...
+
+        def verify(self, request: InboundRequest) -> Accepted: ...   # or ``async def``
+
+It is built once per configured provider, after config validation, and then called
+concurrently for every request on that provider's path, so it must not keep per-request
+state on ``self``.  ``verify`` either returns :class:`Accepted` (one or more events, and
+optionally the HTTP answer the provider expects) or raises one of the errors below; the
+listener turns each error into its HTTP status and a short JSON reason.  A ``detail`` is
+shown to the caller: never put a secret, a signature or a computed digest in it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict
+
+ENTRY_POINT_GROUP = "webhookbus.verifiers"
+
+Secrets = Sequence[bytes]
+"""The provider's resolved secrets, in configured order; several during a rotation."""
+
+
+class VerifierOptions(BaseModel):
+    """Base for a verifier's ``Options``: an unknown or misspelt key is a config error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True, slots=True)
+class InboundRequest:
+    """One HTTP request as it arrived, before anything trusted it.
+
+    ``headers`` keys are lower-case; a repeated header keeps its first value.
+    ``path`` is the percent-decoded path and ``query`` the raw query string, so
+    ``raw_target`` rebuilds what the provider signed.
+    """
+
+    provider: str
+    method: str
+    path: str
+    query: str
+    headers: Mapping[str, str]
+    body: bytes
+    received_at: datetime
+    client: str | None = None
+    tls_peer: Mapping[str, Any] | None = None
+    raw_path: str = ""
+
+    @property
+    def raw_target(self) -> str:
+        """Path (as sent on the wire) plus ``?query``: what path-signing schemes sign."""
+        target = self.raw_path or self.path
+        return f"{target}?{self.query}" if self.query else target
+
+    @property
+    def content_type(self) -> str:
+        """The media type alone, lower-case, without parameters such as charset."""
+        return self.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderEvent:
+    """What the provider says happened; the listener wraps it into a CloudEvent.
+
+    ``name`` becomes the CloudEvents type ``<provider>.<name>``.  ``id`` is the
+    provider's own event id (what a retry repeats); leave it ``None`` and a SHA-256 of
+    the body is used.  ``time`` defaults to the receipt time.  ``data`` must be
+    JSON-serialisable: it is what consumers read, so keep the payload as parsed.
+    """
+
+    name: str
+    data: Any
+    id: str | None = None
+    subject: str | None = None
+    time: datetime | None = None
+    extensions: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """The HTTP answer a provider expects once its events are safely on Kafka."""
+
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "application/json"
+
+    @classmethod
+    def json(cls, payload: Any, status: int = 200) -> Response:
+        return cls(status, json.dumps(payload, separators=(",", ":")).encode())
+
+
+class Accepted:
+    """A verified request: its events and, optionally, the answer to send back.
+
+    ``Accepted(event)``, ``Accepted(e1, e2)`` or ``Accepted(event, response=...)``.
+    Without a response the provider gets an empty 200 after the events are published.
+    """
+
+    __slots__ = ("events", "response")
+
+    def __init__(self, *events: ProviderEvent, response: Response | None = None) -> None:
+        if not events:
+            raise ValueError("Accepted needs at least one event")
+        self.events: tuple[ProviderEvent, ...] = events
+        self.response = response
+
+
+class WebhookError(Exception):
+    """Base of the errors a verifier raises; the class decides the HTTP status."""
+
+    status: ClassVar[int] = 400
+    error: ClassVar[str] = "bad_request"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class VerificationFailed(WebhookError):
+    """Signature, token, key, or timestamp check failed: the request is not trusted."""
+
+    status = 401
+    error = "verification_failed"
+
+
+class MalformedPayload(WebhookError):
+    """The request is authentic (or could not be judged) but its payload cannot be read."""
+
+    status = 400
+    error = "malformed_payload"
+
+
+@runtime_checkable
+class Verifier(Protocol):
+    """What a verifier class provides; see the module docstring."""
+
+    Options: ClassVar[type[VerifierOptions]]
+
+    def verify(self, request: InboundRequest) -> Accepted | Awaitable[Accepted]: ...
+
+
+def installed_verifiers() -> dict[str, EntryPoint]:
+    """Every verifier installed in this environment, built-in ones included, by name."""
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
