@@ -70,10 +70,12 @@ def require_match(secrets: Sequence[bytes], message: bytes, candidates: Sequence
 
 def check_timestamp(raw: str, tolerance_seconds: float, now: float | None = None) -> int:
     """Parse a unix-seconds timestamp and reject it outside ``now ± tolerance``."""
-    try:
-        timestamp = int(raw.strip())
-    except ValueError:
-        raise VerificationFailed("timestamp is not an integer number of seconds") from None
+    text = raw.strip()
+    # ASCII digits only, bounded: int() alone accepts "1_0" and non-ASCII digits, and a
+    # 400-digit value overflows the float arithmetic below (an OverflowError, i.e. a 500).
+    if not (text.isascii() and text.isdigit() and len(text) <= 15):
+        raise VerificationFailed("timestamp is not an integer number of seconds")
+    timestamp = int(text)
     skew = (time.time() if now is None else now) - timestamp
     if skew > tolerance_seconds:
         raise VerificationFailed(f"timestamp is {int(skew)} s old, outside the {int(tolerance_seconds)} s tolerance")
