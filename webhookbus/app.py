@@ -1,0 +1,203 @@
+"""The ASGI application: paths, limits, status codes and JSON errors.
+
+A request's life: match the path to a provider, read the body within the size and time
+limits, hand it to the provider's verifier, normalise and route the events, and answer
+2xx only once Kafka acknowledged every message.  Every refusal is a :class:`HttpError`
+(or a plugin's :class:`~webhookbus.plugin.WebhookError`) turned into a response in one
+place, :meth:`WebhookBus._handle`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import datetime, timezone
+from typing import Any
+
+from webhookbus.config import Config, Provider
+from webhookbus.events import normalize
+from webhookbus.log import where
+from webhookbus.plugin import Accepted, InboundRequest, Response, WebhookError
+from webhookbus.publish import PublishFailed, Publisher
+from webhookbus.routing import messages_for
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+log = logging.getLogger("webhookbus.http")
+
+
+class HttpError(Exception):
+    """A refusal decided by the listener itself (not by a verifier)."""
+
+    def __init__(self, status: int, error: str, detail: str, headers: list[tuple[bytes, bytes]] | None = None):
+        super().__init__(detail)
+        self.status, self.error, self.detail, self.headers = status, error, detail, headers or []
+
+
+def _json_response(status: int, payload: dict[str, Any]) -> Response:
+    return Response(status, json.dumps(payload, separators=(",", ":")).encode())
+
+
+class WebhookBus:
+    """The ASGI callable.  Built from a loaded :class:`Config`; holds no module-level state."""
+
+    def __init__(self, config: Config, publisher: Publisher | None = None) -> None:
+        self.config = config
+        self.server = config.settings.server
+        self.publisher = publisher or Publisher(config.settings.kafka)
+        # Longest path first, so /hooks/a/b wins over /hooks/a for /hooks/a/b/c.
+        self._providers = sorted(config.providers.values(), key=lambda p: len(p.path), reverse=True)
+        self._exact = {p.path: p for p in self._providers}
+        self._in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._handle(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self.publisher.start()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.publisher.close(self.server.graceful_timeout)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def provider_for(self, path: str) -> Provider | None:
+        path = path.rstrip("/") or "/"
+        found = self._exact.get(path)
+        if found is None:
+            found = next((p for p in self._providers if path.startswith(p.path + "/")), None)
+        return found
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        request_id = uuid.uuid4().hex
+        fields: dict[str, Any] = {"request_id": request_id, "path": scope["path"]}
+        try:
+            response = await self._dispatch(scope, receive, fields)
+            headers: list[tuple[bytes, bytes]] = []
+        except (HttpError, WebhookError) as exc:
+            response = _json_response(exc.status, {"error": exc.error, "detail": exc.detail})
+            headers = getattr(exc, "headers", [])
+            fields.update(error=exc.error, reason=exc.detail)
+        except Exception as exc:  # a verifier bug must cost one request, not the process
+            response = _json_response(500, {"error": "internal_error", "detail": f"request {request_id} failed"})
+            headers = []
+            fields.update(error="internal_error", reason=where(exc))
+        fields.update(status=response.status, ms=round((time.perf_counter() - started) * 1000, 2))
+        level = logging.INFO if response.status < 400 else logging.WARNING
+        if fields.get("probe") is None or response.status >= 400:
+            fields.pop("probe", None)
+            log.log(level, "request", extra=fields)
+        headers += [(b"content-type", response.content_type.encode()), (b"x-request-id", request_id.encode())]
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        await send({"type": "http.response.body", "body": response.body})
+
+    async def _dispatch(self, scope: Scope, receive: Receive, fields: dict[str, Any]) -> Response:
+        path = scope["path"]
+        if path in ("/healthz", "/readyz"):
+            fields["probe"] = True
+            if scope["method"] not in ("GET", "HEAD"):
+                raise HttpError(405, "method_not_allowed", "use GET", [(b"allow", b"GET, HEAD")])
+            return await self._readyz() if path == "/readyz" else _json_response(200, {"status": "ok"})
+        provider = self.provider_for(path)
+        if provider is None:
+            raise HttpError(404, "not_found", "no provider is configured at this path")
+        fields["provider"] = provider.name
+        if scope["method"] != "POST":
+            raise HttpError(405, "method_not_allowed", "webhooks are delivered with POST", [(b"allow", b"POST")])
+        if self._in_flight >= self.server.max_in_flight:
+            raise HttpError(503, "overloaded", "too many requests in flight", [(b"retry-after", b"1")])
+        self._in_flight += 1
+        try:
+            return await self._deliver(provider, scope, receive, fields)
+        finally:
+            self._in_flight -= 1
+
+    async def _deliver(self, provider: Provider, scope: Scope, receive: Receive, fields: dict[str, Any]) -> Response:
+        request = await self._read_request(provider, scope, receive)
+        fields["client"] = request.client
+        outcome = provider.verifier.verify(request)
+        accepted: Accepted = await outcome if inspect.isawaitable(outcome) else outcome  # type: ignore[assignment]
+        events = [normalize(request, provider.settings.verifier, event) for event in accepted.events]
+        messages = [message for event in events for message in messages_for(self.config.settings, event)]
+        fields.update(events=[event.id for event in events], topics=sorted({m.topic for m in messages}))
+        if not messages:
+            fields["unrouted"] = True
+        timeout = self.config.publish_timeout(provider.name)
+        try:
+            await self.publisher.publish(messages, timeout)
+        except PublishFailed as exc:
+            retry_after = str(max(1, round(timeout))).encode()
+            raise HttpError(503, "broker_unavailable", exc.reason, [(b"retry-after", retry_after)]) from None
+        return accepted.response or Response(200, b"", "text/plain")
+
+    async def _read_request(self, provider: Provider, scope: Scope, receive: Receive) -> InboundRequest:
+        limit = self.server.max_body_bytes
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in scope["headers"]:
+            headers.setdefault(raw_name.decode("latin-1").lower(), raw_value.decode("latin-1"))
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise HttpError(413, "body_too_large", f"body exceeds {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self.server.request_timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise HttpError(400, "client_disconnected", "client went away before the body was read")
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        raise HttpError(413, "body_too_large", f"body exceeds {limit} bytes")
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            raise HttpError(408, "request_timeout", "body not received in time") from None
+        client = scope.get("client")
+        return InboundRequest(
+            provider=provider.name,
+            method=scope["method"],
+            path=scope["path"],
+            raw_path=scope.get("raw_path", b"").decode("latin-1"),
+            query=scope.get("query_string", b"").decode("latin-1"),
+            headers=headers,
+            body=b"".join(chunks),
+            received_at=datetime.now(timezone.utc),
+            client=f"{client[0]}:{client[1]}" if client else None,
+        )
+
+    async def _readyz(self) -> Response:
+        ok, reason = self.publisher.ready()
+        if ok:
+            ok, reason = await self._broker_reachable()
+        return _json_response(200, {"status": "ready"}) if ok else _json_response(
+            503, {"error": "not_ready", "detail": reason}
+        )
+
+    async def _broker_reachable(self) -> tuple[bool, str]:
+        for server in self.config.settings.kafka.bootstrap_servers:
+            host, _, port = server.rpartition(":")
+            try:
+                async with asyncio.timeout(1.0):
+                    _, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+                writer.close()
+                return True, "ok"
+            except (OSError, TimeoutError, ValueError):
+                continue
+        return False, "no bootstrap server accepts connections"

@@ -1,0 +1,327 @@
+"""The configuration file: typed settings, secret references, and errors that point at a YAML line.
+
+Loading is all-or-nothing and happens before the listener binds a socket: the YAML is
+validated, every provider's verifier plugin is loaded and its ``options`` validated by the
+plugin's own model, and every secret reference is resolved.  Any problem is a
+:class:`ConfigError` naming the file, the YAML path and line of the bad key, and what was
+expected.  Environment variables ``WEBHOOKBUS_<SECTION>__<KEY>`` override the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
+
+from webhookbus.plugin import Verifier, VerifierOptions, installed_verifiers
+
+Loc = tuple[str | int, ...]
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased for the operator."""
+
+
+class Secret(bytes):
+    """Secret bytes whose ``repr`` never shows the value (it may end up in a traceback or log)."""
+
+    def __repr__(self) -> str:
+        return "Secret(***)"
+
+    __str__ = __repr__
+
+
+def resolve_secret(reference: str) -> Secret:
+    """Read ``env:NAME``, ``file:/path`` or ``literal:value``; errors never echo a value."""
+    scheme, _, rest = reference.partition(":")
+    if scheme == "env":
+        value = os.environ.get(rest)
+        if value is None:
+            raise ValueError(f"environment variable {rest} is not set")
+        if not value:
+            raise ValueError(f"environment variable {rest} is empty")
+        return Secret(value.encode())
+    if scheme == "file":
+        try:
+            data = Path(rest).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"cannot read secret file {rest}: {exc.strerror}") from None
+        return Secret(data.rstrip(b"\r\n") if not data.startswith(b"-----BEGIN") else data)
+    if scheme == "literal":
+        return Secret(rest.encode())
+    raise ValueError("a secret must be a reference: 'env:NAME', 'file:/path' (or 'literal:value' in tests)")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TlsSettings(_Section):
+    certfile: str
+    keyfile: str
+    ca_certs: str | None = Field(None, description="CA bundle for client certificates (mutual TLS).")
+    require_client_cert: bool = False
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    max_body_bytes: int = Field(1024 * 1024, gt=0, description="Larger bodies get 413 before being read whole.")
+    request_timeout: float = Field(10.0, gt=0, description="Seconds to read a request body.")
+    max_in_flight: int = Field(1024, gt=0, description="Concurrent requests beyond this get 503.")
+    graceful_timeout: float = Field(10.0, ge=0, description="Seconds in-flight requests get after SIGTERM.")
+    workers: int = Field(1, ge=1)
+    tls: TlsSettings | None = None
+
+
+class KafkaSettings(_Section):
+    # NoDecode: WEBHOOKBUS_KAFKA__BOOTSTRAP_SERVERS=a:9092,b:9092 is split, not parsed as JSON.
+    bootstrap_servers: Annotated[list[str], NoDecode] = ["127.0.0.1:9092"]
+    client_id: str = "webhookbus"
+    acks: Literal["all", 0, 1] = "all"
+    publish_timeout: float = Field(
+        2.5, gt=0, description="Seconds to wait for the broker's ack before answering 503 (UNLOQ waits only 3 s)."
+    )
+    producer: dict[str, Any] = Field(default_factory=dict, description="Extra kafka-python KafkaProducer options.")
+
+    @field_validator("bootstrap_servers", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return [s.strip() for s in value.split(",") if s.strip()] if isinstance(value, str) else value
+
+
+class ProviderSettings(_Section):
+    verifier: str = Field(description="Name of an installed verifier plugin (see `webhookbus plugins`).")
+    path: str = Field(pattern=r"^/", description="URL path; also serves sub-paths below it.")
+    secrets: list[str] = Field(default_factory=list, description="env:NAME, file:/path; several during rotation.")
+    options: dict[str, Any] = Field(default_factory=dict)
+    publish_timeout: float | None = Field(None, gt=0, description="Overrides kafka.publish_timeout.")
+
+    @field_validator("secrets", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class RouteSettings(_Section):
+    name: str | None = None
+    provider: str = Field("*", description="Provider name (glob).")
+    type: list[str] = Field(["*"], description="CloudEvents type glob(s), e.g. 'uip.*'.")
+    where: dict[str, Any] = Field(default_factory=dict, description="Dotted field -> required value.")
+    topic: str
+    key: str = Field("subject", description="Message key: an attribute or a dotted 'data.' field.")
+    mode: Literal["structured", "binary"] = "structured"
+    include_raw_body: bool = False
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class UnroutedSettings(_Section):
+    action: Literal["drop", "topic"] = "drop"
+    topic: str | None = None
+
+    @model_validator(mode="after")
+    def _topic_given(self) -> UnroutedSettings:
+        if self.action == "topic" and not self.topic:
+            raise ValueError("action 'topic' needs a topic")
+        return self
+
+
+PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+class Settings(BaseSettings):
+    """The whole file.  Values from the environment win over the file."""
+
+    model_config = SettingsConfigDict(env_prefix="WEBHOOKBUS_", env_nested_delimiter="__", extra="forbid")
+
+    server: ServerSettings = ServerSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    providers: dict[str, ProviderSettings] = Field(default_factory=dict)
+    routes: list[RouteSettings] = Field(default_factory=list)
+    unrouted: UnroutedSettings = UnroutedSettings()
+
+    @field_validator("providers")
+    @classmethod
+    def _names_and_paths(cls, providers: dict[str, ProviderSettings]) -> dict[str, ProviderSettings]:
+        seen: dict[str, str] = {}
+        for name, provider in providers.items():
+            if not PROVIDER_NAME.match(name):
+                raise ValueError(f"provider name {name!r} must be lower-case letters, digits, '-' or '_'")
+            if provider.path.rstrip("/") in seen:
+                raise ValueError(f"providers {seen[provider.path.rstrip('/')]} and {name} share path {provider.path}")
+            seen[provider.path.rstrip("/")] = name
+        return providers
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (env_settings, init_settings)
+
+
+@dataclass(frozen=True)
+class Provider:
+    """A provider ready to serve: its settings and its verifier, built from validated
+    options and resolved secrets (which stay inside the verifier)."""
+
+    name: str
+    settings: ProviderSettings
+    verifier: Verifier
+    options: VerifierOptions
+
+    @property
+    def path(self) -> str:
+        return self.settings.path.rstrip("/") or "/"
+
+
+@dataclass(frozen=True)
+class Config:
+    settings: Settings
+    providers: dict[str, Provider]
+    source: str = "<config>"
+    warnings: list[str] = field(default_factory=list)
+
+    def publish_timeout(self, provider: str) -> float:
+        own = self.providers[provider].settings.publish_timeout
+        return own if own is not None else self.settings.kafka.publish_timeout
+
+
+def _yaml_lines(node: yaml.Node, loc: Loc = ()) -> dict[Loc, int]:
+    """Map every YAML path to its 1-based line, so errors can point at it."""
+    lines: dict[Loc, int] = {loc: node.start_mark.line + 1}
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            lines[loc + (key.value,)] = key.start_mark.line + 1
+            lines.update({k: v for k, v in _yaml_lines(value, loc + (key.value,)).items() if k != loc + (key.value,)})
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            lines.update(_yaml_lines(item, loc + (index,)))
+    return lines
+
+
+class _Errors:
+    """Collects problems as 'file:line: yaml.path: message' lines."""
+
+    def __init__(self, source: str, lines: dict[Loc, int]) -> None:
+        self.source, self.lines, self.messages = source, lines, []  # type: list[str]
+
+    def add(self, loc: Loc, message: str) -> None:
+        probe = loc
+        while probe and probe not in self.lines:
+            probe = probe[:-1]
+        where = f"{self.source}:{self.lines[probe]}" if probe in self.lines else self.source
+        dotted = ".".join(str(p) for p in loc) or "(top level)"
+        self.messages.append(f"{where}: {dotted}: {message}")
+
+    def add_validation(self, prefix: Loc, error: ValidationError) -> None:
+        for item in error.errors(include_url=False):
+            loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and ("[" in p or p in {"str", "list"})))
+            message = item["msg"]
+            if item["type"] == "extra_forbidden":
+                message = "unknown key"
+            elif item["type"] == "missing":
+                message = "required key is missing"
+            elif "input" in item and item["type"] not in {"value_error"} and not isinstance(item["input"], (dict, list)):
+                message += f" (got {item['input']!r:.60})"
+            self.add(prefix + loc, message)
+
+    def raise_if_any(self) -> None:
+        if self.messages:
+            raise ConfigError("invalid configuration:\n  " + "\n  ".join(self.messages))
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read, validate and resolve a config file; see the module docstring."""
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
+    return parse_config(text, source)
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    try:
+        node = yaml.compose(text)
+        raw = yaml.safe_load(text) if node is not None else {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections (server, kafka, providers, routes)")
+    errors = _Errors(source, _yaml_lines(node) if node is not None else {})
+    try:
+        settings = Settings(**raw)
+    except SettingsError as exc:
+        raise ConfigError(f"{source}: a WEBHOOKBUS_* environment variable is invalid: {exc}") from None
+    except ValidationError as exc:
+        errors.add_validation((), exc)
+        errors.raise_if_any()
+        raise
+    providers, warnings = _load_providers(settings, errors)
+    errors.raise_if_any()
+    return Config(settings=settings, providers=providers, source=source, warnings=warnings)
+
+
+def _load_providers(settings: Settings, errors: _Errors) -> tuple[dict[str, Provider], list[str]]:
+    installed = installed_verifiers()
+    providers: dict[str, Provider] = {}
+    warnings: list[str] = []
+    for name, provider in settings.providers.items():
+        loc: Loc = ("providers", name)
+        entry = installed.get(provider.verifier)
+        if entry is None:
+            errors.add(loc + ("verifier",), f"unknown verifier {provider.verifier!r}; installed: {', '.join(sorted(installed))}")
+            continue
+        try:
+            verifier_class = entry.load()
+        except Exception as exc:  # a broken third-party plugin must not look like our bug
+            errors.add(loc + ("verifier",), f"plugin {provider.verifier!r} failed to import: {type(exc).__name__}: {exc}")
+            continue
+        try:
+            options = verifier_class.Options.model_validate(provider.options)
+        except ValidationError as exc:
+            errors.add_validation(loc + ("options",), exc)
+            continue
+        secrets: list[Secret] = []
+        for index, reference in enumerate(provider.secrets):
+            try:
+                secrets.append(resolve_secret(reference))
+            except ValueError as exc:
+                errors.add(loc + ("secrets", index), str(exc))
+            if reference.startswith("literal:"):
+                warnings.append(f"providers.{name}.secrets[{index}] is a literal secret: use env: or file: outside tests")
+        if len(secrets) < len(provider.secrets):
+            continue
+        try:
+            verifier = verifier_class(options, tuple(secrets))
+        except (ValueError, OSError) as exc:
+            errors.add(loc, f"verifier {provider.verifier!r} cannot start: {exc}")
+            continue
+        providers[name] = Provider(name, provider, verifier, options)
+    return providers, warnings
+
+
+def route_warnings(settings: Settings) -> Sequence[str]:
+    """Routes whose provider glob matches no configured provider: probably a typo."""
+    from fnmatch import fnmatchcase
+
+    return [
+        f"routes[{i}] matches no configured provider ({route.provider!r})"
+        for i, route in enumerate(settings.routes)
+        if not any(fnmatchcase(name, route.provider) for name in settings.providers)
+    ]

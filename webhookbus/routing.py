@@ -1,0 +1,60 @@
+"""Which Kafka topics an event goes to: pure functions over the config's routes, no I/O.
+
+Every matching route gets the event (fan-out).  An event no route matches follows the
+``unrouted`` policy: dropped with a log line, or sent to a fallback topic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+from webhookbus.config import RouteSettings, Settings
+from webhookbus.events import CloudEvent, encode_binary, encode_structured
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaMessage:
+    """One record to produce; ``route`` names the route that asked for it, for logs."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    route: str
+
+
+def route_matches(route: RouteSettings, event: CloudEvent) -> bool:
+    if not fnmatchcase(event.source, route.provider):
+        return False
+    if not any(fnmatchcase(event.type, pattern) for pattern in route.type):
+        return False
+    return all(_equal(event.field(path), expected) for path, expected in route.where.items())
+
+
+def _equal(actual: object, expected: object) -> bool:
+    """YAML ``where: {data.count: 3}`` also matches a provider that sent ``"3"``."""
+    if actual is None:
+        return expected is None
+    return actual == expected or str(actual) == str(expected)
+
+
+def message_for(route: RouteSettings, event: CloudEvent, name: str) -> KafkaMessage:
+    encode = encode_binary if route.mode == "binary" else encode_structured
+    value, headers = encode(event, route.include_raw_body)
+    key = event.field(route.key)
+    return KafkaMessage(route.topic, None if key is None else str(key).encode(), value, headers, name)
+
+
+def messages_for(settings: Settings, event: CloudEvent) -> list[KafkaMessage]:
+    """The records one event becomes; empty when it is unrouted and the policy is drop."""
+    messages = [
+        message_for(route, event, route.name or f"routes[{index}]")
+        for index, route in enumerate(settings.routes)
+        if route_matches(route, event)
+    ]
+    if not messages and settings.unrouted.action == "topic":
+        assert settings.unrouted.topic is not None
+        fallback = RouteSettings(topic=settings.unrouted.topic)
+        messages.append(message_for(fallback, event, "unrouted"))
+    return messages

@@ -1,0 +1,52 @@
+"""pytest fixtures for webhookbus and its plugins, registered through the ``pytest11`` entry point.
+
+- ``kafka_broker``: one real broker for the whole session (a :class:`Broker`).
+- ``own_broker``: a broker for one test that may stop and restart it.
+- ``webhookbus_listener``: a factory; ``webhookbus_listener(config_dict)`` starts a listener
+  on the session broker (or ``bootstrap=``) and stops it after the test.
+- ``topic_name``: a fresh topic name per call, so tests never read each other's records.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from webhookbus.testing.broker import Broker
+from webhookbus.testing.listener import Listener
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[Broker]:
+    broker = Broker().start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def own_broker() -> Iterator[Broker]:
+    broker = Broker().start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def webhookbus_listener(kafka_broker: Broker) -> Iterator[Callable[..., Listener]]:
+    started: list[Listener] = []
+
+    def start(settings: dict[str, Any], bootstrap: str | None = None) -> Listener:
+        listener = Listener(settings, bootstrap or kafka_broker.bootstrap).__enter__()
+        started.append(listener)
+        return listener
+
+    yield start
+    for listener in started:
+        listener.stop()
+
+
+@pytest.fixture
+def topic_name() -> Callable[[str], str]:
+    return lambda prefix="t": f"{prefix}-{uuid.uuid4().hex[:10]}"
