@@ -78,6 +78,7 @@ class Publisher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._producer: KafkaProducer | None = None
         self._thread: threading.Thread | None = None
+        self._broken = False  # set from kafka-python's thread when the producer failed for good
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -130,6 +131,7 @@ class Publisher:
                 try:
                     sent = producer.send(message.topic, message.value, message.key, message.headers)
                 except KafkaError as exc:
+                    self._note_fatal(exc)
                     self._settle(batch, f"send failed: {type(exc).__name__}")
                     continue
                 sent.add_callback(self._acked, batch)
@@ -141,6 +143,13 @@ class Publisher:
                 log.warning("producer close failed", extra={"reason": type(exc).__name__})
 
     def _ensure_producer(self) -> KafkaProducer | None:
+        if self._broken and self._producer is not None:
+            # An idempotent producer whose state the broker forgot (restart, UnknownProducerId,
+            # OutOfOrderSequenceNumber) fails every later send: replace it.
+            log.warning("replacing a failed Kafka producer")
+            self._producer.close(timeout=0)
+            self._producer = None
+        self._broken = False
         if self._producer is None:
             try:
                 self._producer = KafkaProducer(**producer_options(self._settings))
@@ -153,7 +162,12 @@ class Publisher:
         self._settle(batch, None)
 
     def _failed(self, batch: _Batch, exc: BaseException) -> None:
+        self._note_fatal(exc)
         self._settle(batch, f"broker rejected a message: {type(exc).__name__}")
+
+    def _note_fatal(self, exc: BaseException) -> None:
+        if not getattr(exc, "retriable", False):
+            self._broken = True
 
     def _settle(self, batch: _Batch, error: str | None) -> None:
         # Called on kafka-python's I/O thread (or ours); only the count is touched here.
