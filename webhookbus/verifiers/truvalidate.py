@@ -80,7 +80,7 @@ class TruValidateVerifier:
                 key = jwk.JWK.from_pem(secret)
             except Exception:  # noqa: BLE001 - never echo the secret
                 raise ValueError(f"truvalidate secret #{index + 1} is not a PEM RSA private key") from None
-            if key.key_type != "RSA" or not key.has_private:
+            if key.get("kty") != "RSA" or not key.has_private:
                 raise ValueError(f"truvalidate secret #{index + 1} is not a PEM RSA private key")
             self.service_keys.append((launchkey_kid(key), key))
         self.client_subject = _dn_pairs(options.client_subject) if options.client_subject else None
@@ -206,7 +206,7 @@ def _platform_keys(options: TruValidateOptions) -> dict[str, jwk.JWK]:
 
 
 def _public_rsa(key: jwk.JWK, path: str) -> jwk.JWK:
-    if key.key_type != "RSA":
+    if key.get("kty") != "RSA":
         raise ValueError(f"platform key in {path} is not an RSA key")
     return jwk.JWK(**key.export_public(as_dict=True))
 
