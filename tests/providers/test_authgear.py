@@ -1,0 +1,202 @@
+"""Authgear verifier: signatures as Authgear's Go sample computes them, decisions, refusals."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from datetime import datetime, timezone
+
+import pytest
+from pydantic import ValidationError
+
+from webhookbus.plugin import MalformedPayload, VerificationFailed
+from webhookbus.verifiers.authgear import AuthgearOptions, AuthgearVerifier
+
+SECRET = b"authgear-webhook-secret"
+USER_ID = "5a2b4c6d-0000-4000-8000-00000000a11c"
+
+
+def hmac_sha256_string(data: bytes, secret: bytes) -> str:
+    """Authgear's Go sample ``HMACSHA256String``: hex of HMAC-SHA256(secret, body)."""
+    hasher = hmac.new(secret, digestmod=hashlib.sha256)
+    hasher.update(data)
+    return hasher.digest().hex()
+
+
+def event_body(event_type: str, **overrides) -> dict:
+    body = {
+        "id": "0E1E9537-DF4F-4AF6-8B48-3DB4574D4F24",
+        "seq": 435,
+        "type": event_type,
+        "payload": {"user": {"id": USER_ID, "standard_attributes": {"email": "jane@example.com"}}},
+        "context": {"timestamp": 1767225600, "user_id": USER_ID, "triggered_by": "user", "language": "en",
+                    "preferred_languages": ["en"], "ip_address": "203.0.113.9", "user_agent": "ua",
+                    "client_id": "portal"},
+    }
+    body.update(overrides)
+    return body
+
+
+def verifier(*secrets: bytes, **options) -> AuthgearVerifier:
+    return AuthgearVerifier(AuthgearOptions(**options), list(secrets or [SECRET]))
+
+
+def request_for(make_request, body: dict | bytes | str, signature: str | None = None, secret: bytes = SECRET):
+    raw = json.dumps(body).encode() if isinstance(body, dict) else body
+    raw = raw.encode() if isinstance(raw, str) else raw
+    headers = {"Content-Type": "application/json",
+               "X-Authgear-Body-Signature": hmac_sha256_string(raw, secret) if signature is None else signature}
+    return make_request("authgear", "POST", "/webhooks/authgear", raw, headers)
+
+
+def test_non_blocking_event_normalisation_and_no_response(make_request):
+    body = event_body("user.created")
+    accepted = verifier().verify(request_for(make_request, body))
+    (event,) = accepted.events
+    assert accepted.response is None
+    assert (event.name, event.id, event.subject, event.data) == (
+        "user.created", "0E1E9537-DF4F-4AF6-8B48-3DB4574D4F24", USER_ID, body)
+    assert event.time == datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def test_subject_falls_back_to_payload_user_id(make_request):
+    body = event_body("user.created")
+    body["context"].pop("user_id")
+    assert verifier().verify(request_for(make_request, body)).events[0].subject == USER_ID
+    body["payload"] = {}
+    assert verifier().verify(request_for(make_request, body)).events[0].subject is None
+
+
+@pytest.mark.parametrize("timestamp", [None, "1767225600", 10**30, -10**30, True, float("nan")])
+def test_absent_or_absurd_timestamp_means_receipt_time(make_request, timestamp):
+    body = event_body("user.created")
+    body["context"]["timestamp"] = timestamp
+    raw = json.dumps(body).encode()  # NaN is written as NaN, which Python's json reads back
+    assert verifier().verify(request_for(make_request, raw)).events[0].time is None
+
+
+@pytest.mark.parametrize("event_type", [
+    "user.pre_create", "user.profile.pre_update", "user.pre_schedule_deletion", "user.pre_schedule_anonymization",
+    "oidc.jwt.pre_create", "oidc.id_token.pre_create", "authentication.pre_initialize",
+    "authentication.post_identified", "authentication.pre_authenticated", "user.future.pre_something",
+])
+def test_blocking_events_get_the_default_decision(make_request, event_type):
+    accepted = verifier().verify(request_for(make_request, event_body(event_type)))
+    assert accepted.events[0].name == event_type
+    assert accepted.response is not None
+    assert (accepted.response.status, accepted.response.content_type) == (200, "application/json")
+    assert json.loads(accepted.response.body) == {"is_allowed": True}
+
+
+@pytest.mark.parametrize("event_type", [
+    "user.created", "user.authenticated", "user.profile.updated", "user.deleted", "identity.email.added",
+    "user.post_create", "prefix.pre", "user.preview_created",
+])
+def test_non_blocking_events_get_no_response(make_request, event_type):
+    assert verifier().verify(request_for(make_request, event_body(event_type))).response is None
+
+
+def test_configured_deny_and_per_event_answers(make_request):
+    check = verifier(
+        blocking_response={"is_allowed": False, "title": "Sign-up closed", "reason": "Invitations only"},
+        blocking_responses={
+            "oidc.jwt.pre_create": {"is_allowed": True, "mutations": {"jwt": {"payload": {"tier": "gold"}}}},
+            "authentication.pre_authenticated": {"is_allowed": True, "constraints": {"amr": ["mfa"]}},
+            "user.pre_create": {"mutations": {"user": {"roles": ["member"], "standard_attributes": {"locale": "en"}}}},
+        },
+    ).verify
+
+    def answer(event_type):
+        return json.loads(check(request_for(make_request, event_body(event_type))).response.body)
+
+    assert answer("user.pre_schedule_deletion") == {"is_allowed": False, "title": "Sign-up closed",
+                                                    "reason": "Invitations only"}
+    assert answer("oidc.jwt.pre_create") == {"is_allowed": True, "mutations": {"jwt": {"payload": {"tier": "gold"}}}}
+    assert answer("authentication.pre_authenticated") == {"is_allowed": True, "constraints": {"amr": ["mfa"]}}
+    assert answer("user.pre_create") == {
+        "is_allowed": True, "mutations": {"user": {"standard_attributes": {"locale": "en"}, "roles": ["member"]}}}
+
+
+@pytest.mark.parametrize("decision", [
+    {"is_allowed": False},  # a deny must say why
+    {"is_allowed": False, "title": "No"},
+    {"is_allowed": True, "title": "Yes", "reason": "because"},  # Authgear rejects extra keys on allow
+    {"is_allowed": False, "title": "No", "reason": "r", "mutations": {"user": {"roles": ["x"]}}},
+    {"is_allowed": "maybe"},
+    {"is_allowed": True, "mutation": {}},
+    {"is_allowed": True, "mutations": {"users": {}}},
+    {"is_allowed": True, "mutations": {"user": {"roles": "admin"}}},
+    {"is_allowed": True, "constraints": {"amr": ["retina"]}},
+])
+def test_decisions_authgear_would_reject_are_config_errors(decision):
+    with pytest.raises(ValidationError):
+        AuthgearOptions(blocking_response=decision)
+    with pytest.raises(ValidationError):
+        AuthgearOptions(blocking_responses={"user.pre_create": decision})
+
+
+def test_rotation_old_secret_still_verifies(make_request, caplog):
+    caplog.set_level(logging.DEBUG, logger="webhookbus.verifiers.authgear")
+    old = b"old-authgear-secret"
+    request = request_for(make_request, event_body("user.created"), secret=old)
+    assert verifier(b"new-authgear-secret", old).verify(request).events[0].name == "user.created"
+    assert [r.secret_index for r in caplog.records if r.name == "webhookbus.verifiers.authgear"] == [1]
+    with pytest.raises(VerificationFailed):
+        verifier(b"new-authgear-secret").verify(request)
+
+
+def test_wrong_secret(make_request):
+    with pytest.raises(VerificationFailed, match="does not match"):
+        verifier().verify(request_for(make_request, event_body("user.created"), secret=b"wrong"))
+
+
+@pytest.mark.parametrize("index", [0, 20, 100, -3])
+def test_tampered_body_byte(make_request, index):
+    raw = bytearray(json.dumps(event_body("user.pre_create")).encode())
+    signature = hmac_sha256_string(bytes(raw), SECRET)
+    raw[index] ^= 0x20
+    with pytest.raises(VerificationFailed, match="does not match"):
+        verifier().verify(request_for(make_request, bytes(raw), signature))
+
+
+def test_whitespace_change_is_tampering_too(make_request):
+    body = event_body("user.created")
+    signature = hmac_sha256_string(json.dumps(body).encode(), SECRET)
+    with pytest.raises(VerificationFailed):
+        verifier().verify(request_for(make_request, json.dumps(body, indent=1), signature))
+
+
+def test_missing_header(make_request):
+    request = make_request("authgear", "POST", "/webhooks/authgear", json.dumps(event_body("user.created")),
+                           {"Content-Type": "application/json"})
+    with pytest.raises(VerificationFailed, match="missing x-authgear-body-signature"):
+        verifier().verify(request)
+
+
+@pytest.mark.parametrize("garbage", ["", "xyz", "0" * 63, "a" * 10240, "\x00\xff\x80binary", "ü" * 64,
+                                     "sha256=" + "0" * 64])
+def test_garbage_header(make_request, garbage):
+    with pytest.raises(VerificationFailed):
+        verifier().verify(request_for(make_request, event_body("user.created"), garbage))
+
+
+@pytest.mark.parametrize("raw", ['{"type": "user.created",', "[]", '{"id": "x"}', '{"type": ""}', '{"type": 5}',
+                                 "[" * 100_000, b"\xff\xfe"])
+def test_authentic_but_unreadable_body_is_400(make_request, raw):
+    with pytest.raises(MalformedPayload) as caught:
+        verifier().verify(request_for(make_request, raw))
+    assert caught.value.status == 400
+
+
+def test_unreadable_body_with_a_bad_signature_is_401(make_request):
+    with pytest.raises(VerificationFailed):
+        verifier().verify(request_for(make_request, "{not json", "0" * 64))
+
+
+def test_options():
+    with pytest.raises(ValidationError):
+        AuthgearOptions(blocking="allow")
+    with pytest.raises(ValueError):
+        AuthgearVerifier(AuthgearOptions(), [])
