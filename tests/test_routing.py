@@ -1,0 +1,54 @@
+"""Routing is pure: events in, Kafka messages out."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+from webhookbus.config import RouteSettings, Settings
+from webhookbus.events import CloudEvent
+from webhookbus.routing import messages_for, route_matches
+
+EVENT = CloudEvent(
+    id="e1", source="uip", type="uip.identify", time=datetime(2026, 1, 2, tzinfo=timezone.utc),
+    subject="user_1", data={"event": "identify", "data": {"country_of_origin": "US", "age": 30}},
+)
+
+
+def route(**fields) -> RouteSettings:
+    return RouteSettings(topic="t", **fields)
+
+
+def test_globs_on_provider_and_type():
+    assert route_matches(route(), EVENT)
+    assert route_matches(route(provider="ui*", type="uip.*"), EVENT)
+    assert route_matches(route(type=["uip.sign", "uip.identify"]), EVENT)
+    assert not route_matches(route(provider="unloq"), EVENT)
+    assert not route_matches(route(type="uip.sign"), EVENT)
+    assert not route_matches(route(type="UIP.*"), EVENT), "globs are case-sensitive"
+
+
+def test_where_compares_dotted_fields():
+    assert route_matches(route(where={"data.data.country_of_origin": "US"}), EVENT)
+    assert route_matches(route(where={"data.data.age": "30"}), EVENT), "YAML scalars compare as text too"
+    assert route_matches(route(where={"subject": "user_1", "data.event": "identify"}), EVENT)
+    assert not route_matches(route(where={"data.data.country_of_origin": "SE"}), EVENT)
+    assert not route_matches(route(where={"data.missing.field": "x"}), EVENT)
+
+
+def test_fan_out_keys_and_fallback():
+    settings = Settings(
+        routes=[{"topic": "all"}, {"topic": "by-country", "key": "data.data.country_of_origin", "mode": "binary"},
+                {"topic": "never", "provider": "zignsec"}],
+        unrouted={"action": "topic", "topic": "fallback"},
+    )
+    messages = messages_for(settings, EVENT)
+    assert [(m.topic, m.key) for m in messages] == [("all", b"user_1"), ("by-country", b"US")]
+    structured, binary = messages
+    assert json.loads(structured.value)["data"] == EVENT.data
+    assert dict(binary.headers)["ce_id"] == b"e1" and json.loads(binary.value) == EVENT.data
+
+    unrouted = CloudEvent(id="e2", source="other", type="other.x", time=EVENT.time, data={})
+    only = Settings(routes=[{"topic": "uip-only", "provider": "uip"}], unrouted={"action": "topic", "topic": "fallback"})
+    assert [m.topic for m in messages_for(only, unrouted)] == ["fallback"]
+    assert messages_for(Settings(routes=[{"topic": "uip-only", "provider": "uip"}]), unrouted) == []
