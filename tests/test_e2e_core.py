@@ -197,3 +197,20 @@ def test_broker_outage_gives_503_then_recovers(webhookbus_listener, own_broker, 
         time.sleep(0.5)
     assert reply.status == 200
     assert read_topic(own_broker.bootstrap, topic, 1)
+
+
+def test_client_certificate_subject_is_believed_only_from_trusted_proxies(webhookbus_listener):
+    """The gitlab test plugin is not involved: a tiny probe verifier would be overkill, so this
+    checks the listener's own contract through the app object it builds."""
+    from webhookbus.app import WebhookBus
+
+    listener = webhookbus_listener({
+        **demo_config([{"topic": "unused"}]),
+        "server": {"client_cert_header": {"header": "X-SSL-Client-S-DN", "trusted_proxies": ["127.0.0.1"]}},
+    })
+    app = WebhookBus(listener.config)
+    subject = "CN=webhooks.launchkey.com,O=iovation\\, Inc.,L=Portland,ST=Oregon,C=US"
+    headers = {"x-ssl-client-s-dn": subject}
+    assert app._tls_peer(headers, ("127.0.0.1", 5000)) == {"subject": subject}
+    assert app._tls_peer(headers, ("10.9.9.9", 5000)) is None
+    assert app._tls_peer({}, ("127.0.0.1", 5000)) is None

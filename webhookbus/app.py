@@ -171,6 +171,7 @@ class WebhookBus:
             raise HttpError(408, "request_timeout", "body not received in time") from None
         client = scope.get("client")
         return InboundRequest(
+            tls_peer=self._tls_peer(headers, client),
             provider=provider.name,
             method=scope["method"],
             path=scope["path"],
@@ -181,6 +182,17 @@ class WebhookBus:
             received_at=datetime.now(timezone.utc),
             client=f"{client[0]}:{client[1]}" if client else None,
         )
+
+    def _tls_peer(self, headers: dict[str, str], client: Any) -> dict[str, str] | None:
+        """The client certificate subject a trusted TLS-terminating proxy passed on, if any.
+
+        Hypercorn verifies client certificates (``server.tls.require_client_cert``) but does
+        not expose them to the application, so subject pinning needs the proxy header."""
+        proxy = self.server.client_cert_header
+        if proxy is None or not client or client[0] not in proxy.trusted_proxies:
+            return None
+        subject = headers.get(proxy.header.lower())
+        return {"subject": subject} if subject else None
 
     async def _readyz(self) -> Response:
         ok, reason = self.publisher.ready()

@@ -70,6 +70,15 @@ class TlsSettings(_Section):
     require_client_cert: bool = False
 
 
+class ClientCertHeaderSettings(_Section):
+    """Mutual TLS terminated by a proxy in front of webhookbus (nginx ``$ssl_client_s_dn``,
+    an AWS ALB's ``X-Amzn-Mtls-Clientcert-Subject``): the verified subject arrives in a header,
+    believed only from the listed proxy addresses."""
+
+    header: str = "x-ssl-client-s-dn"
+    trusted_proxies: list[str] = Field(description="Client IP addresses allowed to set the header.")
+
+
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
@@ -79,6 +88,7 @@ class ServerSettings(_Section):
     graceful_timeout: float = Field(10.0, ge=0, description="Seconds in-flight requests get after SIGTERM.")
     workers: int = Field(1, ge=1)
     tls: TlsSettings | None = None
+    client_cert_header: ClientCertHeaderSettings | None = None
 
 
 class KafkaSettings(_Section):
