@@ -374,6 +374,7 @@ OPENSSL_FORM = ((("countryName", "US"),), (("stateOrProvinceName", "Oregon"),), 
     "CN=webhooks.launchkey.com,O=iovationx5C, Inc.,L=Portland,ST=Oregon,C=US",
     "cn=WEBHOOKS.launchkey.com,o=iovation\\2C Inc.,l=Portland,st=Oregon,c=US",
     "C=US,ST=Oregon,L=Portland,O=iovation\\, Inc.,CN=webhooks.launchkey.com",
+    "/C=US/ST=Oregon/L=Portland/O=iovation, Inc./CN=webhooks.launchkey.com",
     OPENSSL_FORM,
 ])
 def test_client_certificate_subject_matches(keys, pem_paths, configured, peer):

@@ -265,15 +265,17 @@ def _event(data: Any, claims: dict[str, Any]) -> ProviderEvent:
 
 def _dn_pairs(subject: Any) -> tuple[tuple[str, str], ...] | None:
     """A certificate subject as sorted (attribute, lower-cased value) pairs, so that RFC 4514 strings
-    (in any RDN order, with ``\\,``, ``\\2C``, ``x5C,`` or even unescaped commas in a value) and the
-    ``ssl`` module's nested tuples compare equal.  ``None`` if the shape is not a subject."""
+    (any RDN order; ``\\,``, ``\\2C``, ``x5C,`` or even an unescaped comma in a value), OpenSSL's
+    one-line ``/C=US/.../CN=...`` and the ``ssl`` module's nested tuples compare equal.
+    ``None`` if the shape is not a subject."""
     if isinstance(subject, str):
-        text = re.sub(r"x5c,|\\2c", r"\\,", subject, flags=re.IGNORECASE)
+        text = re.sub(r"x5c,|\\2c", r"\\,", subject.strip(), flags=re.IGNORECASE)
+        sep = "/" if text.startswith("/") else ","
         pairs: list[tuple[str, str]] = []
-        for part in re.split(r"(?<!\\),", text):
-            name, sep, value = part.partition("=")
-            if not sep and pairs:  # "O=iovation, Inc." printed unescaped: the comma belongs to the value
-                pairs[-1] = (pairs[-1][0], f"{pairs[-1][1]},{part}")
+        for part in re.split(rf"(?<!\\){sep}", text.removeprefix("/")):
+            name, eq, value = part.partition("=")
+            if not eq and pairs:  # "O=iovation, Inc." printed unescaped: the separator belongs to the value
+                pairs[-1] = (pairs[-1][0], f"{pairs[-1][1]}{sep}{part}")
             else:
                 pairs.append((name, value))
     elif isinstance(subject, list | tuple):
