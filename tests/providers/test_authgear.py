@@ -7,11 +7,14 @@ import hmac
 import json
 import logging
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from webhookbus.cli import main
 from webhookbus.plugin import MalformedPayload, VerificationFailed
+from webhookbus.testing import read_topic, to_cloudevent
 from webhookbus.verifiers.authgear import AuthgearOptions, AuthgearVerifier
 
 SECRET = b"authgear-webhook-secret"
@@ -200,3 +203,73 @@ def test_options():
         AuthgearOptions(blocking="allow")
     with pytest.raises(ValueError):
         AuthgearVerifier(AuthgearOptions(), [])
+
+
+# --- end to end: the shipped config/providers/authgear.yaml, a real listener and broker ---------------
+
+def signed_post(listener, body: dict | bytes, secret: bytes = SECRET, **headers):
+    raw = json.dumps(body).encode() if isinstance(body, dict) else body
+    all_headers = {"Content-Type": "application/json", "X-Authgear-Body-Signature": hmac_sha256_string(raw, secret)}
+    return listener.post("/webhooks/authgear", raw, all_headers | headers)
+
+
+def test_e2e_events_reach_kafka_and_blocking_ones_get_the_decision(webhookbus_listener, kafka_broker, shipped_config):
+    settings, topics = shipped_config("authgear", ["old-secret", SECRET.decode()])
+    settings["providers"]["authgear"]["options"]["blocking_responses"] = {
+        "user.pre_create": {"is_allowed": False, "title": "Closed", "reason": "Invitations only"}}
+    listener = webhookbus_listener(settings)
+
+    created = signed_post(listener, event_body("user.created"))
+    assert (created.status, created.body) == (200, b"")
+    blocked = signed_post(listener, event_body("user.pre_create", id="evt-pre-create"))
+    assert (blocked.status, blocked.headers["content-type"]) == (200, "application/json")
+    assert blocked.json() == {"is_allowed": False, "title": "Closed", "reason": "Invitations only"}
+    jwt = signed_post(listener, event_body("oidc.jwt.pre_create", id="evt-jwt"), b"old-secret")  # rotation
+    assert (jwt.status, jwt.json()) == (200, {"is_allowed": True})
+
+    users = sorted(read_topic(kafka_broker.bootstrap, topics["authgear-users"], 2), key=lambda r: r.offset)
+    [auth] = read_topic(kafka_broker.bootstrap, topics["authgear-auth"], 1)
+    expected = [("authgear.user.created", "0E1E9537-DF4F-4AF6-8B48-3DB4574D4F24"),
+                ("authgear.user.pre_create", "evt-pre-create"), ("authgear.oidc.jwt.pre_create", "evt-jwt")]
+    for record, (event_type, event_id) in zip([*users, auth], expected, strict=True):
+        event = to_cloudevent(record)
+        assert (event.get_type(), event.get_id(), event.get_subject(), event.get_source()) == (
+            event_type, event_id, USER_ID, "authgear")
+        assert event.get_time() == datetime(2026, 1, 1, tzinfo=timezone.utc)
+        assert event.get_data()["type"] == event_type[len("authgear."):]
+        assert record.key == USER_ID.encode()
+
+
+def test_e2e_refusals_are_json_and_publish_nothing(webhookbus_listener, kafka_broker, shipped_config):
+    settings, topics = shipped_config("authgear", [SECRET.decode()])
+    listener = webhookbus_listener(settings)
+    raw = json.dumps(event_body("user.pre_create")).encode()
+    good = hmac_sha256_string(raw, SECRET)
+
+    def post(body: bytes, **headers):
+        return listener.post("/webhooks/authgear", body, {"Content-Type": "application/json"} | headers)
+
+    cases = {
+        "wrong secret": (post(raw, **{"X-Authgear-Body-Signature": hmac_sha256_string(raw, b"x")}), 401,
+                         "verification_failed"),
+        "tampered": (post(raw.replace(b"jane", b"joan"), **{"X-Authgear-Body-Signature": good}), 401,
+                     "verification_failed"),
+        "no header": (post(raw), 401, "verification_failed"),
+        "garbage header": (post(raw, **{"X-Authgear-Body-Signature": "g" * 10240}), 401, "verification_failed"),
+        "signed but not JSON": (post(b"{nope", **{"X-Authgear-Body-Signature": hmac_sha256_string(b"{nope", SECRET)}),
+                                400, "malformed_payload"),
+    }
+    for name, (reply, status, error) in cases.items():
+        assert (name, reply.status) == (name, status), reply.body
+        assert reply.headers["content-type"] == "application/json"
+        assert reply.json()["error"] == error and reply.json()["detail"], name
+        assert "is_allowed" not in reply.json(), "a refused request must not look like a decision"
+        assert SECRET not in reply.body
+    for topic in topics.values():
+        assert read_topic(kafka_broker.bootstrap, topic, 1, timeout=1) == []
+
+
+def test_shipped_config_passes_check(monkeypatch, capsys):
+    monkeypatch.setenv("AUTHGEAR_WEBHOOK_SECRET", "s3cret-value")
+    assert main(["check", "--config", str(Path(__file__).parents[2] / "config/providers/authgear.yaml")]) == 0
+    assert "s3cret-value" not in capsys.readouterr().out

@@ -11,13 +11,16 @@ import json
 import logging
 import shutil
 import subprocess
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from webhookbus.cli import main
 from webhookbus.plugin import MalformedPayload, VerificationFailed
+from webhookbus.testing import read_topic, to_cloudevent
 from webhookbus.verifiers.uip import UipOptions, UipVerifier
 
 VECTORS = Path(__file__).parent / "vectors"
@@ -215,3 +218,72 @@ def test_options():
         UipOptions(tolerance_seconds=0)
     with pytest.raises(ValueError):
         UipVerifier(UipOptions(), [])
+
+
+# --- end to end: the shipped config/providers/uip.yaml, a real listener and broker --------------------
+
+def test_e2e_v1_and_v2_reach_kafka_as_cloudevents(webhookbus_listener, kafka_broker, shipped_config):
+    (case,) = [case for case in CASES if case["name"] == "v1 pretty body signed the Express way"]
+    settings, topics = shipped_config("uip", [case["secret"]])
+    listener = webhookbus_listener(settings)
+    reply = listener.post("/webhooks/uip", case["body"].encode(), case["headers"])
+    assert (reply.status, reply.body) == (200, b""), reply.body
+
+    now = str(int(time.time()))
+    body = json.dumps({"event": "session.completed", "client_reference_id": "order-9", "session_id": "sess_x"})
+    headers = {"Content-Type": "application/json", "X-UIP-Timestamp": now, "X-UIP-Event": "session.completed",
+               "X-UIP-Delivery-Id": "dlv_e2e", "X-UIP-Signature": hex_hmac(f"{now}.{body}".encode(),
+                                                                           case["secret"].encode())}
+    assert listener.post("/webhooks/uip", body.encode(), headers).status == 200
+
+    [identify] = read_topic(kafka_broker.bootstrap, topics["uip-identify"], 1)
+    event = to_cloudevent(identify)
+    assert (event.get_type(), event.get_source(), event.get_id(), event.get_subject()) == (
+        "uip.identify", "uip", "audit_9z8y7x6w5v4u", "user_abc123def456")
+    assert event.get_data() == json.loads(case["body"])
+    assert identify.key == b"user_abc123def456"
+
+    [session] = read_topic(kafka_broker.bootstrap, topics["uip-other"], 1)
+    event = to_cloudevent(session)
+    assert (event.get_type(), event.get_id(), event.get_subject()) == ("uip.session.completed", "dlv_e2e", "order-9")
+    assert event.get_time() == at(int(now))
+    assert event.get_data() == json.loads(body)
+
+
+def test_e2e_refusals_are_json_and_publish_nothing(webhookbus_listener, kafka_broker, shipped_config):
+    settings, topics = shipped_config("uip", [SECRET.decode()])
+    listener = webhookbus_listener(settings)
+    body = json.dumps(IDENTIFY).encode()
+    headers = {"Content-Type": "application/json", "X-UIP-Signature": hex_hmac(body)}
+    stale = str(int(time.time()) - 3600)
+    v2_headers = {"Content-Type": "application/json", "X-UIP-Timestamp": stale, "X-UIP-Event": "session.completed",
+                  "X-UIP-Signature": hex_hmac(f"{stale}.{V2_BODY}".encode())}
+    not_json = b'{"event": "identify",'
+
+    cases = {
+        "wrong secret": (listener.post("/webhooks/uip", body, headers | {"X-UIP-Signature": hex_hmac(body, b"x")}),
+                         401, "verification_failed"),
+        "tampered": (listener.post("/webhooks/uip", body.replace(b"user_1", b"user_2"), headers), 401,
+                     "verification_failed"),
+        "no header": (listener.post("/webhooks/uip", body, {"Content-Type": "application/json"}), 401,
+                      "verification_failed"),
+        "garbage header": (listener.post("/webhooks/uip", body, headers | {"X-UIP-Signature": "\xff" * 10240}), 401,
+                           "verification_failed"),
+        "stale v2": (listener.post("/webhooks/uip", V2_BODY.encode(), v2_headers), 401, "verification_failed"),
+        "signed but not JSON": (listener.post("/webhooks/uip", not_json, headers | {"X-UIP-Signature": hex_hmac(not_json)}),
+                                400, "malformed_payload"),
+    }
+    for name, (reply, status, error) in cases.items():
+        assert (name, reply.status) == (name, status), reply.body
+        assert reply.headers["content-type"] == "application/json"
+        assert reply.json()["error"] == error and reply.json()["detail"], name
+        assert SECRET not in reply.body
+    assert "s old" in cases["stale v2"][0].json()["detail"]
+    for topic in topics.values():
+        assert read_topic(kafka_broker.bootstrap, topic, 1, timeout=1) == []
+
+
+def test_shipped_config_passes_check(monkeypatch, capsys):
+    monkeypatch.setenv("UIP_WEBHOOK_SECRET", "s3cret-value")
+    assert main(["check", "--config", str(Path(__file__).parents[2] / "config/providers/uip.yaml")]) == 0
+    assert "s3cret-value" not in capsys.readouterr().out

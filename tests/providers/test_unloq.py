@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from webhookbus.cli import main
 from webhookbus.plugin import MalformedPayload, VerificationFailed
+from webhookbus.testing import read_topic, to_cloudevent
 from webhookbus.verifiers.unloq import UnloqOptions, UnloqVerifier, js_number
 
 VECTORS = Path(__file__).parent / "vectors"
@@ -239,3 +241,75 @@ def test_options_reject_unknown_keys_and_need_a_secret():
         UnloqOptions(hook={"logout": "logout"})
     with pytest.raises(ValueError):
         UnloqVerifier(UnloqOptions(), [])
+
+
+# --- end to end: the shipped config/providers/unloq.yaml, a real listener and broker -----------------
+
+def vector(name: str) -> dict:
+    return next(case for case in CASES if case["name"] == name)
+
+
+def post_vector(listener, case, **changes):
+    case = case | changes
+    target = case["raw_path"] + (f"?{case['query']}" if case["query"] else "")
+    headers = {"Content-Type": case["content_type"], "X-Unloq-Signature": case["signature"]}
+    return listener.post(target, case["body"].encode(), headers)
+
+
+def test_e2e_signed_hooks_reach_kafka_as_cloudevents(webhookbus_listener, kafka_broker, shipped_config):
+    settings, topics = shipped_config("unloq", [CASES[0]["secret"]])
+    listener = webhookbus_listener(settings)
+    sent = [vector("query string is signed"), vector("percent-encoded path"), vector("account form")]
+    for case in sent:
+        reply = post_vector(listener, case)
+        assert (reply.status, reply.body) == (200, b""), reply.body
+
+    logouts = read_topic(kafka_broker.bootstrap, topics["unloq-logout"], 2)
+    [account] = read_topic(kafka_broker.bootstrap, topics["unloq-account"], 1)
+    for case, record in zip(sent, [*sorted(logouts, key=lambda r: r.offset), account]):
+        event = to_cloudevent(record)
+        assert (event.get_type(), event.get_source()) == (f"unloq.{case['event']}", "unloq")
+        assert event.get_id() == case["id"]
+        assert event.get_subject() == case["fields"]["unloq_id"] == record.key.decode()
+        assert event.get_data() == case["fields"]
+        assert event.get_extension("verifier") == "unloq"
+
+
+def test_e2e_refusals_are_json_and_publish_nothing(webhookbus_listener, kafka_broker, shipped_config):
+    settings, topics = shipped_config("unloq", ["the-configured-secret"])
+    listener = webhookbus_listener(settings)
+    good = vector("logout form")  # signed with another secret than the configured one
+    fields = {"unloq_id": "42", "sid": "s-1"}
+    body = b"unloq_id=42&sid=s-1"
+    headers = {"Content-Type": FORM, "X-Unloq-Signature": sign("/webhooks/unloq/logout", fields, b"the-configured-secret")}
+    assert listener.post("/webhooks/unloq/logout", body, headers).status == 200  # the control case
+    many = {str(i): "" for i in range(10_000)}
+    many_body = "&".join(f"{key}=" for key in many).encode()
+    many_headers = {"Content-Type": FORM, "X-Unloq-Signature": sign("/webhooks/unloq/logout", many, b"the-configured-secret")}
+
+    cases = {
+        "wrong secret": (post_vector(listener, good), 401, "verification_failed"),
+        "tampered": (listener.post("/webhooks/unloq/logout", body.replace(b"s-1", b"s-2"), headers), 401,
+                     "verification_failed"),
+        "no header": (listener.post("/webhooks/unloq/logout", body, {"Content-Type": FORM}), 401, "verification_failed"),
+        "garbage header": (listener.post("/webhooks/unloq/logout", body, headers | {"X-Unloq-Signature": "%" * 10240}),
+                           401, "verification_failed"),
+        "replayed to account": (listener.post("/webhooks/unloq/account", body, headers), 401, "verification_failed"),
+        "query added": (listener.post("/webhooks/unloq/logout?x=1", body, headers), 401, "verification_failed"),
+        "unknown hook": (listener.post("/webhooks/unloq/other", body, headers), 401, "verification_failed"),
+        "10,000 fields": (listener.post("/webhooks/unloq/logout", many_body, many_headers), 400, "malformed_payload"),
+    }
+    for name, (reply, status, error) in cases.items():
+        assert (name, reply.status) == (name, status), reply.body
+        assert reply.headers["content-type"] == "application/json"
+        assert reply.json()["error"] == error and reply.json()["detail"], name
+        assert b"the-configured-secret" not in reply.body
+    assert len(read_topic(kafka_broker.bootstrap, topics["unloq-logout"], 2, timeout=2)) == 1
+    assert read_topic(kafka_broker.bootstrap, topics["unloq-account"], 1, timeout=1) == []
+
+
+def test_shipped_config_passes_check(monkeypatch, capsys):
+    monkeypatch.setenv("UNLOQ_API_SECRET", "s3cret-value")
+    assert main(["check", "--config", str(Path(__file__).parents[2] / "config/providers/unloq.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "unloq" in out and "s3cret-value" not in out
