@@ -437,3 +437,98 @@ def test_options_are_validated(pem_paths):
             TruValidateOptions(**bad)
     with pytest.raises(ValueError, match="at least one platform key"):
         TruValidateVerifier(TruValidateOptions(audience=SERVICE), [])
+
+
+# --- end to end: the shipped config/providers/truvalidate.yaml, a real listener and broker ---------------
+
+SHIPPED = Path(__file__).resolve().parents[2] / "config" / "providers" / "truvalidate.yaml"
+
+
+@pytest.fixture
+def e2e(keys, pem_paths, shipped_config, webhookbus_listener):
+    """The shipped config with this test's keys, service id, and mTLS pinned through the proxy header."""
+    settings, topics = shipped_config(
+        "truvalidate", [make.private_pem(k).decode() for k in (keys["service_old"], keys["service_new"])])
+    options = settings["providers"]["truvalidate"]["options"]
+    options.update(audience=SERVICE, platform_keys=pem_paths, client_subject=PRODUCTION)
+    settings["server"]["client_cert_header"] = {"header": "X-SSL-Client-S-DN", "trusted_proxies": ["127.0.0.1"]}
+    return webhookbus_listener(settings), topics
+
+
+def e2e_headers(token: str, content_type: str = "application/json", **extra: str) -> dict[str, str]:
+    return {"Content-Type": content_type, "X-IOV-JWT": token, "X-SSL-Client-S-DN": PRODUCTION, **extra}
+
+
+def test_e2e_events_reach_kafka_as_cloudevents(e2e, keys, kafka_broker):
+    from webhookbus.testing import read_topic, to_cloudevent
+
+    listener, topics = e2e
+    auth = {"auth_request": str(uuid.uuid4()), "type": "AUTHORIZED", "reason": "APPROVED",
+            "service_user_hash": "svc-hash", "user_push_id": "push-7", "device_id": "dev-1"}
+    sent = {
+        "truvalidate-sessions": (body_of(SESSION_END), "application/json", "session_end", "hash-1", SESSION_END),
+        "truvalidate-auth": (make.encrypt(keys["service_old"], body_of(auth), "RSA-OAEP", "A256CBC-HS512"),
+                             "application/jose", "authorization_response", "push-7", auth),
+        "unrouted": (body_of({"new": "kind"}), "application/json", "unknown", None, {"new": "kind"}),
+    }
+    for topic, (body, content_type, name, subject, data) in sent.items():
+        token = signed(keys, body, signer="platform_old" if name == "session_end" else "platform_new")
+        reply = listener.post(PATH, body, e2e_headers(token, content_type))
+        assert (reply.status, reply.body) == (200, b""), reply.body
+        [record] = read_topic(kafka_broker.bootstrap, topics[topic], 1)
+        event = to_cloudevent(record)
+        assert (event.get_type(), event.get_source()) == (f"truvalidate.{name}", "truvalidate")
+        assert event.get_id() == jwt.decode(token, options={"verify_signature": False})["jti"]
+        assert event.get_subject() == subject
+        assert event.get_data() == data
+        assert event.get_extension("verifier") == "truvalidate"
+    [record] = read_topic(kafka_broker.bootstrap, topics["truvalidate-sessions"], 1)
+    assert to_cloudevent(record).get_time() == datetime(2026, 1, 1, tzinfo=timezone.utc)  # from api_time
+
+
+def test_e2e_refusals_are_json_and_publish_nothing(e2e, keys, kafka_broker):
+    from webhookbus.testing import read_topic
+
+    listener, topics = e2e
+    body = body_of(SESSION_END)
+    token = signed(keys, body)
+    foreign_jwe = make.encrypt(keys["stranger"], body_of({"auth_request": "a"}))
+    xml_jwe = make.encrypt(keys["service_new"], b"<not-json/>")
+    now = int(time.time())
+    cases = {
+        "foreign signer": (PATH, body, e2e_headers(signed(keys, body, signer="stranger")), 401),
+        "tampered body": (PATH, body.replace(b"hash-1", b"hash-2"), e2e_headers(token), 401),
+        "no header": (PATH, body, {"Content-Type": "application/json", "X-SSL-Client-S-DN": PRODUCTION}, 401),
+        "garbage header": (PATH, body, e2e_headers("\x7f" * 3000), 401),
+        "wrong path": (f"{PATH}/other", body, e2e_headers(token), 401),
+        "expired": (PATH, body, e2e_headers(make.sign(keys["platform_new"], _claims(
+            body, iat=now - 60, nbf=now - 60, exp=now - 55))), 401),
+        "alg none": (PATH, body, e2e_headers(jwt.encode(_claims(body), None, algorithm="none",
+                                                        headers={"kid": make.kid(keys["platform_new"])})), 401),
+        "no client certificate": (PATH, body, {"Content-Type": "application/json", "X-IOV-JWT": token}, 401),
+        "JWE for another key": (PATH, foreign_jwe, e2e_headers(signed(keys, foreign_jwe), "application/jose"), 401),
+        "JWE of non-JSON": (PATH, xml_jwe, e2e_headers(signed(keys, xml_jwe), "application/jose"), 400),
+    }
+    for name, (path, sent, headers, status) in cases.items():
+        reply = listener.post(path, sent, headers)
+        assert (name, reply.status) == (name, status), reply.body
+        assert reply.headers["content-type"] == "application/json"
+        error = "verification_failed" if status == 401 else "malformed_payload"
+        assert reply.json()["error"] == error and reply.json()["detail"], name
+        assert b"PRIVATE KEY" not in reply.body
+    assert "client certificate required" in listener.post(PATH, body, cases["no client certificate"][2]).json()["detail"]
+    for topic in topics.values():
+        assert read_topic(kafka_broker.bootstrap, topic, 1, timeout=1) == []
+
+
+def test_shipped_config_passes_check(keys, tmp_path, capsys):
+    """The file as shipped, with its /etc/webhookbus/truvalidate/ key files provided in a temp dir."""
+    from webhookbus.cli import main
+
+    (tmp_path / "service.pem").write_bytes(make.private_pem(keys["service_old"]))
+    (tmp_path / "platform-current.pem").write_bytes(make.public_pem(keys["platform_old"]))
+    config = tmp_path / "truvalidate.yaml"
+    config.write_text(SHIPPED.read_text().replace("/etc/webhookbus/truvalidate/", f"{tmp_path}/"))
+    assert main(["check", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "truvalidate" in out and "PRIVATE KEY" not in out

@@ -336,3 +336,88 @@ def test_signature_is_checked_before_the_body_is_parsed(verifier):
 def test_needs_a_secret():
     with pytest.raises(ValueError):
         ZignSecVerifier(ZignSecOptions(), [])
+
+
+# --- end to end: the shipped config/providers/zignsec.yaml, a real listener and broker -------------------
+
+def test_e2e_callbacks_reach_kafka_as_cloudevents(webhookbus_listener, kafka_broker, shipped_config):
+    import time
+
+    from webhookbus.testing import read_topic, to_cloudevent
+
+    settings, topics = shipped_config("zignsec", [SECRET])  # non-ASCII: UTF-8 all the way from the YAML
+    listener = webhookbus_listener(settings)
+    now = int(time.time())
+    session = json.dumps(SESSION_UPDATED).encode()
+    bankid = json.dumps(BANKID).encode()
+    posts = [
+        (session, {"Content-Type": "application/json", "X-ZignSec-Hmac-SHA256": f"t={now},v1={v1(session, now)}"}),
+        (bankid, {"Content-Type": "application/json", "X-ZignSec-Hmac-SHA256": legacy(bankid)}),
+        (BANKID_XML, {"Content-Type": "application/xml", "X-ZignSec-Hmac-SHA256": legacy(BANKID_XML)}),
+    ]
+    for body, headers in posts:
+        reply = listener.post("/webhooks/zignsec", body, headers)
+        assert (reply.status, reply.body) == (200, b""), reply.body
+
+    [record] = read_topic(kafka_broker.bootstrap, topics["zignsec-sessions"], 1)
+    event = to_cloudevent(record)
+    assert (event.get_type(), event.get_source()) == ("zignsec.session_updated", "zignsec")
+    assert event.get_id() == f"{SESSION_UPDATED['id']}:Finished"
+    assert event.get_subject() == SESSION_UPDATED["id"] == record.key.decode()
+    assert event.get_time() == datetime.fromtimestamp(now, timezone.utc)
+    assert event.get_data() == SESSION_UPDATED
+
+    from_json, from_xml = (to_cloudevent(r) for r in read_topic(kafka_broker.bootstrap, topics["zignsec-results"], 2))
+    for event in (from_json, from_xml):
+        assert (event.get_type(), event.get_id(), event.get_subject()) == (
+            "zignsec.sbid-another", BANKID["id"], BANKID["id"])
+    assert from_json.get_data() == BANKID
+    assert from_xml.get_data()["identity"]["Age"] == "107"
+    assert read_topic(kafka_broker.bootstrap, topics["unrouted"], 1, timeout=1) == []
+
+
+def test_e2e_refusals_are_json_and_publish_nothing(webhookbus_listener, kafka_broker, shipped_config):
+    import time
+
+    from webhookbus.testing import read_topic
+
+    settings, topics = shipped_config("zignsec", [SECRET])
+    listener = webhookbus_listener(settings)
+    body = json.dumps(BANKID).encode()
+    now = int(time.time())
+    xxe = b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]><r><id>&x;</id></r>'
+    cases = {
+        "wrong secret": (body, legacy(body, "not-the-secret"), "application/json", 401),
+        "tampered": (body.replace(b"LARS", b"LASSE"), legacy(body), "application/json", 401),
+        "no header": (body, None, "application/json", 401),
+        "garbage header": (body, "t=" + "9" * 400 + ",v1=zz", "application/json", 401),
+        "stale t": (body, f"t={now - 3600},v1={v1(body, now - 3600)}", "application/json", 401),
+        "v2 only": (body, f"t={now},v2={v1(body, now)}", "application/json", 401),
+        "malformed JSON": (b"{not json", legacy(b"{not json"), "application/json", 400),
+        "malformed XML": (b"<r><id>", legacy(b"<r><id>"), "application/xml", 400),
+        "XML bomb": (BILLION_LAUGHS, legacy(BILLION_LAUGHS), "application/xml", 400),
+        "XXE": (xxe, legacy(xxe), "text/xml", 400),
+    }
+    for name, (sent, signature, content_type, status) in cases.items():
+        headers = {"Content-Type": content_type}
+        if signature is not None:
+            headers["X-ZignSec-Hmac-SHA256"] = signature
+        reply = listener.post("/webhooks/zignsec", sent, headers)
+        assert (name, reply.status) == (name, status), reply.body
+        assert reply.headers["content-type"] == "application/json"
+        error = "verification_failed" if status == 401 else "malformed_payload"
+        assert reply.json()["error"] == error and reply.json()["detail"], name
+        assert SECRET.encode() not in reply.body and b"root:" not in reply.body
+    for topic in topics.values():
+        assert read_topic(kafka_broker.bootstrap, topic, 1, timeout=1) == []
+
+
+def test_shipped_config_passes_check(monkeypatch, capsys):
+    from pathlib import Path
+
+    from webhookbus.cli import main
+
+    monkeypatch.setenv("ZIGNSEC_WEBHOOK_SECRET", "s3cret-value")
+    assert main(["check", "--config", str(Path(__file__).parents[2] / "config/providers/zignsec.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "zignsec" in out and "s3cret-value" not in out
