@@ -201,6 +201,8 @@ def test_unreadable_body_with_a_bad_signature_is_401(make_request):
 def test_options():
     with pytest.raises(ValidationError):
         AuthgearOptions(blocking="allow")
+    with pytest.raises(ValidationError, match="user.precreate"):
+        AuthgearOptions(blocking_responses={"user.precreate": {"is_allowed": True}})
     with pytest.raises(ValueError):
         AuthgearVerifier(AuthgearOptions(), [])
 

@@ -16,7 +16,7 @@ import logging
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from webhookbus.events import dotted_get
 from webhookbus.plugin import (
@@ -104,6 +104,14 @@ class AuthgearOptions(VerifierOptions):
     blocking_responses: dict[str, BlockingResponse] = Field(
         default_factory=dict, description="Answer per blocking event type, e.g. user.pre_create."
     )
+
+    @field_validator("blocking_responses")
+    @classmethod
+    def _blocking_types_only(cls, value: dict[str, BlockingResponse]) -> dict[str, BlockingResponse]:
+        unknown = sorted(name for name in value if not is_blocking(name))
+        if unknown:  # a typo would silently never apply
+            raise ValueError(f"not blocking event types: {', '.join(unknown)}")
+        return value
 
 
 class AuthgearVerifier:
