@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from webhookbus.plugin import Verifier, VerifierOptions, installed_verifiers
@@ -59,6 +59,22 @@ def resolve_secret(reference: str) -> Secret:
     raise ValueError("a secret must be a reference: 'env:NAME', 'file:/path' (or 'literal:value' in tests)")
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+
+
+def _seconds(value: Any) -> Any:
+    """``90``, ``"90s"``, ``"30m"``, ``"72h"`` or ``"3d"`` -> seconds."""
+    if not isinstance(value, str):
+        return value
+    match = _DURATION.match(value)
+    if match is None:
+        raise ValueError("expected seconds or a duration such as '30m', '72h', '3d'")
+    return float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+
+
+Duration = Annotated[float, BeforeValidator(_seconds)]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -97,9 +113,12 @@ class KafkaSettings(_Section):
     client_id: str = "webhookbus"
     acks: Literal["all", 0, 1] = "all"
     publish_timeout: float = Field(
-        2.5, gt=0, description="Seconds to wait for the broker's ack before answering 503 (UNLOQ waits only 3 s)."
+        2.5, gt=0, description="Seconds to wait for the broker's ack before spooling or 503 (UNLOQ waits only 3 s)."
     )
     producer: dict[str, Any] = Field(default_factory=dict, description="Extra kafka-python KafkaProducer options.")
+    max_in_flight_records: int = Field(
+        10_000, gt=0, description="Records handed to kafka-python and not yet acked; beyond it requests wait (then spool/503)."
+    )
 
     @field_validator("bootstrap_servers", mode="before")
     @classmethod
@@ -113,6 +132,15 @@ class ProviderSettings(_Section):
     secrets: list[str] = Field(default_factory=list, description="env:NAME, file:/path; several during rotation.")
     options: dict[str, Any] = Field(default_factory=dict)
     publish_timeout: float | None = Field(None, gt=0, description="Overrides kafka.publish_timeout.")
+    ack: Literal["broker", "spool"] = Field(
+        "broker", description="2xx once Kafka acked every message (broker) or once they are fsync'd locally (spool)."
+    )
+    on_broker_timeout: Literal["spool", "reject"] = Field(
+        "spool", description="broker mode past the deadline: spool and answer 2xx, or answer 503 + Retry-After."
+    )
+    dedup_window: Duration = Field(
+        72 * 3600.0, ge=0, description="How long a provider event id is remembered: seconds or '72h', '30m'; 0 is off."
+    )
 
     @field_validator("secrets", mode="before")
     @classmethod
@@ -147,6 +175,19 @@ class UnroutedSettings(_Section):
         return self
 
 
+class SpoolSettings(_Section):
+    directory: str = Field("spool", description="Spool segments and the dedup store; one subdirectory per process.")
+    max_bytes: int = Field(1 << 30, gt=0, description="Spool size on disk beyond which spooling requests get 503.")
+    segment_bytes: int = Field(16 << 20, gt=0, description="A segment file is deleted once all its records are acked.")
+    dedup_max_entries: int = Field(500_000, gt=0, description="Event ids remembered (about 100 bytes of memory each).")
+
+
+class AuditSettings(_Section):
+    topic: str | None = Field(None, description="Topic for rejected (401) requests; unset turns the audit off.")
+    max_per_second: float = Field(10.0, gt=0, description="Audit events per second; the rest are counted and dropped.")
+    burst: int = Field(100, gt=0)
+
+
 PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
@@ -160,6 +201,8 @@ class Settings(BaseSettings):
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     routes: list[RouteSettings] = Field(default_factory=list)
     unrouted: UnroutedSettings = UnroutedSettings()
+    spool: SpoolSettings = SpoolSettings()
+    audit: AuditSettings = AuditSettings()
 
     @field_validator("providers")
     @classmethod
