@@ -1,0 +1,135 @@
+"""The plugin contract suite (webhookbus.testing.contract) run against every built-in verifier and
+variant, signed by the test kit's signers; and proof that the suite catches a broken verifier."""
+
+from __future__ import annotations
+
+import json
+import time
+from functools import partial
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from webhookbus.plugin import Accepted, InboundRequest, ProviderEvent, VerificationFailed, installed_verifiers
+from webhookbus.testing.contract import ContractCase, VerifierContract
+from webhookbus.testing.samples import SIGNERS, dev_platform_public_pem, launchkey_kid
+from webhookbus.verifiers.hmac import HmacOptions, HmacVerifier
+
+SECRET, OTHER = b"contract-secret-1", b"contract-secret-2"
+WHSEC, OTHER_WHSEC = b"whsec_Y29udHJhY3Qtc2VjcmV0LW9uZQ==", b"whsec_Y29udHJhY3Qtc2VjcmV0LXR3bw=="
+OPTIONS = {
+    "hmac": {"header": "X-Signature", "prefix": "sha256=", "event_field": "type", "id_field": "id"},
+    "truvalidate": {"audience": "svc:6f1c1b2e-8a1d-4a57-9d59-6b0c1f3e2a10"},
+}
+REQUIRED_HEADERS = {("uip", "v2"): ["X-UIP-Signature", "X-UIP-Timestamp"]}
+CASES = [(verifier, variant) for verifier, variants in SIGNERS.items() for variant in variants]
+
+
+def _pem(key: rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+@pytest.fixture(scope="module")
+def rsa_keys():
+    return {name: _pem(rsa.generate_private_key(public_exponent=65537, key_size=2048)) for name in ("service", "rogue")}
+
+
+@pytest.fixture(params=CASES, ids=[f"{v}-{variant}" for v, variant in CASES])
+def contract_case(request, rsa_keys, tmp_path) -> ContractCase:
+    name, variant = request.param
+    verifier_class = installed_verifiers()[name].load()
+    options = dict(OPTIONS.get(name, {}))
+    secret, wrong = (WHSEC, OTHER_WHSEC) if name == "standardwebhooks" else (SECRET, OTHER)
+    sign = SIGNERS[name][variant]
+    if name == "truvalidate":
+        platform = tmp_path / "platform.pem"
+        platform.write_bytes(dev_platform_public_pem())
+        options["platform_keys"] = [str(platform)]
+        secret = rsa_keys["service"]
+        configured_kid = launchkey_kid(serialization.load_pem_public_key(dev_platform_public_pem()))
+        wrong_signer = partial(sign, platform_key=rsa_keys["rogue"], kid=configured_kid)
+    else:
+        wrong_signer = sign
+    model = verifier_class.Options.model_validate(options)
+    path = f"/webhooks/{name}"
+    return ContractCase(
+        verifier=verifier_class(model, [secret]),
+        sign=lambda: sign(model, secret, path),
+        forge=lambda: wrong_signer(model, wrong if name != "truvalidate" else secret, path),
+        secrets=[secret],
+        required_headers=REQUIRED_HEADERS.get((name, variant)),
+        provider=name,
+    )
+
+
+class TestBuiltInVerifiers(VerifierContract):
+    """Every built-in scheme keeps the contract a third-party plugin is held to."""
+
+
+def test_every_built_in_verifier_has_a_signer():
+    built_in = {name for name, entry in installed_verifiers().items() if entry.value.startswith("webhookbus.")}
+    assert built_in <= set(SIGNERS), f"no signer for {sorted(built_in - set(SIGNERS))}"
+
+
+# -- the suite must fail a verifier that breaks the contract ---------------------------------------
+
+
+class AsyncHmac(HmacVerifier):
+    """An ``async def verify`` plugin: the suite awaits it as the listener does."""
+
+    async def verify(self, request: InboundRequest) -> Accepted:  # type: ignore[override]
+        return super().verify(request)
+
+
+class TrustsEveryone(HmacVerifier):
+    def verify(self, request: InboundRequest) -> Accepted:
+        return Accepted(ProviderEvent("received", json.loads(request.body or b"{}")))
+
+
+class CrashesOnGarbage(HmacVerifier):
+    def verify(self, request: InboundRequest) -> Accepted:
+        bytes.fromhex(request.headers["x-signature"].removeprefix("sha256="))  # KeyError / ValueError: a 500
+        return super().verify(request)
+
+
+class EchoesTheHeader(HmacVerifier):
+    def verify(self, request: InboundRequest) -> Accepted:
+        try:
+            return super().verify(request)
+        except VerificationFailed:
+            raise VerificationFailed(f"bad signature {request.headers.get('x-signature')}") from None
+
+
+class KeepsStateOnSelf(HmacVerifier):
+    def verify(self, request: InboundRequest) -> Accepted:
+        self.request = request
+        time.sleep(0.01)  # meanwhile another thread's call overwrites self.request
+        return super().verify(self.request)
+
+
+def hmac_case(verifier_class: type[HmacVerifier]) -> ContractCase:
+    options = HmacOptions(**OPTIONS["hmac"])
+    sign = SIGNERS["hmac"]["default"]
+    return ContractCase(verifier=verifier_class(options, [SECRET]), sign=lambda: sign(options, SECRET, "/h"),
+                        forge=lambda: sign(options, OTHER, "/h"), secrets=[SECRET])
+
+
+def test_an_async_verifier_keeps_the_contract():
+    suite, case = VerifierContract(), hmac_case(AsyncHmac)
+    suite.test_accepts_a_correctly_signed_request_with_well_formed_events(case)
+    suite.test_rejects_a_tampered_body(case)
+    suite.test_concurrent_calls_do_not_interfere(case)
+
+
+@pytest.mark.parametrize(("broken", "check", "finding"), [
+    (TrustsEveryone, "test_rejects_a_tampered_body", "accepted"),
+    (TrustsEveryone, "test_rejects_a_request_signed_with_another_key", "accepted"),
+    (CrashesOnGarbage, "test_rejects_a_missing_header", "raised KeyError"),
+    (CrashesOnGarbage, "test_survives_oversized_and_garbage_headers", "raised ValueError"),
+    (EchoesTheHeader, "test_survives_oversized_and_garbage_headers", "echo"),
+    (KeepsStateOnSelf, "test_concurrent_calls_do_not_interfere", "assert"),
+])
+def test_the_suite_fails_a_broken_verifier(broken, check, finding):
+    with pytest.raises((pytest.fail.Exception, AssertionError), match=finding):
+        getattr(VerifierContract(), check)(hmac_case(broken))
