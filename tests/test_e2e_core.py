@@ -213,3 +213,9 @@ def test_client_certificate_subject_is_believed_only_from_trusted_proxies(webhoo
     assert app._tls_peer(headers, ("127.0.0.1", 5000)) == {"subject": subject}
     assert app._tls_peer(headers, ("10.9.9.9", 5000)) is None
     assert app._tls_peer({}, ("127.0.0.1", 5000)) is None
+
+
+def test_deeply_nested_json_is_a_400_not_a_crash(webhookbus_listener):
+    listener = webhookbus_listener(demo_config([{"topic": "unused"}]))
+    reply = listener.post(PATH, *signed_raw(b"[" * 100_000))
+    assert reply.status == 400 and reply.json()["error"] == "malformed_payload"

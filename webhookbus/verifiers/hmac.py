@@ -54,7 +54,7 @@ class HmacVerifier:
         require_match(self.secrets, request.body, candidates)
         try:
             data = json.loads(request.body)
-        except (UnicodeDecodeError, ValueError):
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; RecursionError: "[[[[..."
             raise MalformedPayload("body is not valid JSON") from None
         name = dotted_get(data, self.options.event_field)
         event_id = dotted_get(data, self.options.id_field)
