@@ -219,3 +219,18 @@ def test_deeply_nested_json_is_a_400_not_a_crash(webhookbus_listener):
     listener = webhookbus_listener(demo_config([{"topic": "unused"}]))
     reply = listener.post(PATH, *signed_raw(b"[" * 100_000))
     assert reply.status == 400 and reply.json()["error"] == "malformed_payload"
+
+
+def test_rotation_any_secret_verifies_and_the_log_names_its_index_not_its_value(webhookbus_listener, caplog):
+    import logging
+
+    config = demo_config([{"topic": "unused-rotation"}])
+    config["providers"]["demo"]["secrets"] = ["literal:the-new-secret", f"literal:{SECRET}"]
+    listener = webhookbus_listener(config)
+    with caplog.at_level(logging.INFO, logger="webhookbus.http"):
+        assert listener.post(PATH, *signed(EVENT, "the-new-secret")).status == 200
+        assert listener.post(PATH, *signed(EVENT, SECRET)).status == 200
+        assert listener.post(PATH, *signed(EVENT, "retired-secret")).status == 401
+    lines = [r for r in caplog.records if r.name == "webhookbus.http" and getattr(r, "provider", None) == "demo"]
+    assert [(r.status, r.secret_index) for r in lines] == [(200, 0), (200, 1), (401, None)]
+    assert not any("secret" in r.getMessage() and SECRET in r.getMessage() for r in lines)

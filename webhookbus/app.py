@@ -25,6 +25,7 @@ from webhookbus.log import where
 from webhookbus.plugin import Accepted, InboundRequest, Response, WebhookError
 from webhookbus.publish import PublishFailed, Publisher
 from webhookbus.routing import messages_for
+from webhookbus.signing import matched_secret_index
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -129,8 +130,12 @@ class WebhookBus:
     async def _deliver(self, provider: Provider, scope: Scope, receive: Receive, fields: dict[str, Any]) -> Response:
         request = await self._read_request(provider, scope, receive)
         fields["client"] = request.client
-        outcome = provider.verifier.verify(request)
-        accepted: Accepted = await outcome if inspect.isawaitable(outcome) else outcome  # type: ignore[assignment]
+        matched_secret_index.set(None)
+        try:
+            outcome = provider.verifier.verify(request)
+            accepted: Accepted = await outcome if inspect.isawaitable(outcome) else outcome  # type: ignore[assignment]
+        finally:
+            fields["secret_index"] = matched_secret_index.get()
         events = [normalize(request, provider.settings.verifier, event) for event in accepted.events]
         messages = [message for event in events for message in messages_for(self.config.settings, event)]
         fields.update(events=[event.id for event in events], topics=sorted({m.topic for m in messages}))

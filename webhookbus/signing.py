@@ -14,11 +14,16 @@ import hashlib
 import hmac
 import time
 from collections.abc import Iterable, Sequence
+from contextvars import ContextVar
 from typing import Literal
 
 from webhookbus.plugin import VerificationFailed
 
 Encoding = Literal["hex", "base64"]
+
+matched_secret_index: ContextVar[int | None] = ContextVar("matched_secret_index", default=None)
+"""Which secret of a rotation verified the current request: the listener puts it in the request's
+log line, so an operator sees when the old secret stops being used and can be removed."""
 
 
 def hmac_sha256(key: bytes, message: bytes) -> bytes:
@@ -54,6 +59,7 @@ def matching_secret(secrets: Sequence[bytes], message: bytes, candidates: Sequen
         expected = hmac_sha256(secret, message)
         for candidate in candidates:
             if hmac.compare_digest(expected, candidate):
+                matched_secret_index.set(index)
                 return index
     return None
 
