@@ -5,6 +5,8 @@
 - ``webhookbus_listener``: a factory; ``webhookbus_listener(config_dict)`` starts a listener
   on the session broker (or ``bootstrap=``) and stops it after the test.
 - ``topic_name``: a fresh topic name per call, so tests never read each other's records.
+- ``read_events``: ``read_events(topic, count, timeout=10.0)`` waits for ``count`` messages on a
+  topic of the session broker and returns them decoded as CloudEvents (fewer after ``timeout``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from webhookbus.testing.broker import Broker
+from webhookbus.testing.broker import Broker, read_topic, to_cloudevent
 from webhookbus.testing.listener import Listener
 
 
@@ -50,3 +52,11 @@ def webhookbus_listener(kafka_broker: Broker) -> Iterator[Callable[..., Listener
 @pytest.fixture
 def topic_name() -> Callable[[str], str]:
     return lambda prefix="t": f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def read_events(kafka_broker: Broker) -> Callable[..., list[Any]]:
+    def read(topic: str, count: int, timeout: float = 10.0) -> list[Any]:
+        return [to_cloudevent(record) for record in read_topic(kafka_broker.bootstrap, topic, count, timeout)]
+
+    return read
