@@ -150,10 +150,12 @@ def test_example_configs_load(path: Path, monkeypatch, tmp_path: Path):
     for name, value in DEV_SECRETS.items():
         monkeypatch.setenv(name, value)
     text = path.read_text()
-    if "/etc/webhookbus/truvalidate/" in text:
-        private, public = _rsa_pems()
-        (tmp_path / "service.pem").write_bytes(private)
-        (tmp_path / "platform-current.pem").write_bytes(public)
-        text = text.replace("/etc/webhookbus/truvalidate/", f"{tmp_path}/")
+    for key_dir in ("/etc/webhookbus/truvalidate/", ".dev/truvalidate/"):
+        if key_dir in text:
+            private, public = _rsa_pems()
+            (tmp_path / "service.pem").write_bytes(private)
+            for name in ("platform-current.pem", "platform.pem"):
+                (tmp_path / name).write_bytes(public)
+            text = text.replace(key_dir, f"{tmp_path}/")
     config = parse_config(text, str(path))
     assert config.providers and config.settings.routes
