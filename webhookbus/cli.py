@@ -1,16 +1,19 @@
-"""``webhookbus`` command line: serve, check, plugins, dev."""
+"""``webhookbus`` command line: serve, check, dev, sign, tail, plugins, schema."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
-import shlex
 import sys
+import time
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
 
 from webhookbus import log
-from webhookbus.config import Config, ConfigError, load_config, route_warnings
+from webhookbus.config import Config, ConfigError, ServerSettings, Settings, load_config, route_warnings
 from webhookbus.plugin import installed_verifiers
 
 DEFAULT_CONFIG = "config/webhookbus.yaml"
@@ -55,40 +58,192 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    for name, entry in sorted(installed_verifiers().items()):
+    from webhookbus.schema import options_schema, options_table
+
+    installed = installed_verifiers()
+    if args.schema is not None:
+        if args.schema not in installed:
+            return _fail(f"no verifier plugin {args.schema!r}; installed: {', '.join(sorted(installed))}")
+        schema = options_schema(installed[args.schema])
+        print(json.dumps({"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}, indent=2))
+        return 0
+    for name, entry in sorted(installed.items()):
         dist = entry.dist.name if entry.dist else "?"
         try:
             dist_version = version(dist)
         except PackageNotFoundError:
             dist_version = "?"
-        print(f"{name:<14} {dist} {dist_version:<10} {entry.value}")
+        print(f"{name:<16} {dist} {dist_version}  ({entry.value})")
+        try:
+            rows = options_table(entry)
+        except Exception as exc:  # noqa: BLE001 - one broken plugin must not hide the others
+            print(f"    cannot load: {type(exc).__name__}: {exc}\n")
+            continue
+        for option, kind, default, description in rows or [("(no options)", "", "", "")]:
+            print(f"    {option:<20} {kind:<28} {default:<16} {description}".rstrip())
+        print()
     return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from webhookbus.schema import config_schema
+
+    warnings: list[str] = []
+    print(json.dumps(config_schema(warnings), indent=2))
+    for warning in warnings:
+        print(f"webhookbus: warning: {warning} (its options are not in the schema)", file=sys.stderr)
+    return 0
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    """Print (or send) a correctly signed sample request for one configured provider."""
+    from webhookbus.testing.samples import install_dev_secrets, sample_request, signers_for
+
+    if args.dev_secrets:
+        install_dev_secrets()
+    config = _load(args.config)
+    provider = config.providers.get(args.provider)
+    if provider is None:
+        return _fail(f"no provider {args.provider!r} in {args.config}; configured: {', '.join(config.providers)}")
+    variants = signers_for(provider.settings.verifier)
+    if not variants:
+        return _fail(f"no signer for verifier {provider.settings.verifier!r} "
+                     "(a plugin offers one through the webhookbus.signers entry point)")
+    if args.variant is not None and args.variant not in variants:
+        return _fail(f"verifier {provider.settings.verifier!r} has variants: {', '.join(variants)}")
+    try:
+        data = _read_data(args.data)
+        signed = sample_request(provider, data, args.variant)
+    except ValueError as exc:
+        return _fail(str(exc))
+    assert signed is not None
+    url = (args.url or base_url(config.settings.server)).rstrip("/")
+    print(f"# {provider.name}: {provider.settings.verifier}, variant {args.variant or next(iter(variants))} "
+          f"of {', '.join(variants)}", file=sys.stderr)
+    if not args.send:
+        print(signed.curl(url))
+        return 0
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url + signed.path, signed.body, signed.headers, method=signed.method)
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as reply:
+            status, headers, body = reply.status, reply.headers, reply.read()
+    except urllib.error.HTTPError as error:
+        status, headers, body = error.code, error.headers, error.read()
+    except (urllib.error.URLError, OSError) as error:
+        return _fail(f"cannot reach {url}: {getattr(error, 'reason', error)}", code=1)
+    print(f"HTTP {status}")
+    print("".join(f"{name}: {value}\n" for name, value in headers.items()))
+    print(body.decode("utf-8", "replace"))
+    return 0 if 200 <= status < 300 else 1
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    """Print the CloudEvents on a topic; ``assign()``-based, so it joins no consumer group."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from webhookbus.events import decode_kafka
+
+    kafka = _settings(args.config).kafka
+    extra = {k: v for k, v in kafka.producer.items() if k in KafkaConsumer.DEFAULT_CONFIG}  # TLS/SASL settings
+    consumer = KafkaConsumer(**{**extra, "bootstrap_servers": args.bootstrap or kafka.bootstrap_servers,
+                                "client_id": f"{kafka.client_id}-tail", "enable_auto_commit": False})
+    idle_since, seen = time.monotonic(), 0
+
+    def idle() -> bool:
+        return args.timeout is not None and time.monotonic() - idle_since > args.timeout
+
+    try:
+        while not (partitions := consumer.partitions_for_topic(args.topic)):
+            if idle():
+                return _fail(f"topic {args.topic} does not exist (waited {args.timeout:g} s)", code=1)
+            time.sleep(0.5)
+        consumer.assign([TopicPartition(args.topic, p) for p in sorted(partitions)])
+        (consumer.seek_to_beginning if args.from_beginning else consumer.seek_to_end)()
+        while (args.max is None or seen < args.max) and not idle():
+            for records in consumer.poll(timeout_ms=500).values():
+                for record in records[: None if args.max is None else args.max - seen]:
+                    document = decode_kafka(record.value, record.headers or [])
+                    print(json.dumps(document, ensure_ascii=False) if args.json else _pretty(record, document),
+                          flush=True)
+                    seen, idle_since = seen + 1, time.monotonic()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+    return 0
+
+
+def _pretty(record: Any, document: dict[str, Any]) -> str:
+    key = f"  key {record.key.decode('utf-8', 'replace')}" if record.key else ""
+    lines = [f"── {record.topic} [{record.partition}] offset {record.offset}{key}"]
+    lines += [f"   {name:<16} {value}" for name, value in document.items() if name not in ("data", "data_base64")]
+    data = json.dumps(document.get("data"), indent=2, ensure_ascii=False)
+    lines += ["   data", *(f"     {line}" for line in data.splitlines()), ""]
+    return "\n".join(lines)
+
+
+def _settings(path: str) -> Settings:
+    """Only the settings (no plugins, no secrets): what a topic subscriber's machine can load."""
+    import yaml
+    from pydantic import ValidationError
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        return Settings(**raw)
+    except (OSError, yaml.YAMLError, ValidationError, TypeError) as exc:
+        print(f"webhookbus: {path}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _read_data(value: str | None) -> Any:
+    """``--data``: JSON text, or ``@file`` holding JSON; ``None`` asks the signer for its sample."""
+    if value is None:
+        return None
+    try:
+        text = Path(value[1:]).read_text() if value.startswith("@") else value
+    except OSError as exc:
+        raise ValueError(f"cannot read {value[1:]}: {exc.strerror}") from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"--data is not JSON: {exc}") from None
+
+
+def base_url(server: ServerSettings) -> str:
+    """Where a local client reaches the listener: a wildcard bind address becomes loopback."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(server.host, server.host)
+    return f"{'https' if server.tls else 'http'}://{f'[{host}]' if ':' in host else host}:{server.port}"
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"webhookbus: {message}", file=sys.stderr)
+    return code
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
     """Start a local broker and the listener, with sample secrets, and print signed curls."""
     from webhookbus.testing.broker import Broker
-    from webhookbus.testing.samples import DEV_SECRETS, sample_request
+    from webhookbus.testing.samples import install_dev_secrets, sample_request
 
-    for name, value in DEV_SECRETS.items():
-        os.environ.setdefault(name, value)
+    for created in install_dev_secrets():
+        print(f"created development key {created}")
     broker = Broker(port=args.broker_port).start()
     os.environ["WEBHOOKBUS_KAFKA__BOOTSTRAP_SERVERS"] = broker.bootstrap
     try:
         config = _load(args.config)
-        server = config.settings.server
-        print(f"broker on {broker.bootstrap}; listener on http://{server.host}:{server.port}\n")
+        url = base_url(config.settings.server)
+        print(f"broker on {broker.bootstrap}; listener on {url}\n")
         for provider in config.providers.values():
             sample = sample_request(provider)
-            if sample is None:
-                continue
-            method, path, headers, body = sample
-            parts = ["curl", "-i", "-X", method, f"http://{server.host}:{server.port}{path}"]
-            for key, value in headers.items():
-                parts += ["-H", f"{key}: {value}"]
-            parts += ["--data-binary", body.decode()]
-            print(f"# {provider.name}\n{shlex.join(parts)}\n")
-        print(f"read the events: webhookbus tail --config {args.config} --topic <topic> --from-beginning\n", flush=True)
+            if sample is not None:
+                print(f"# {provider.name} (timestamps are checked: sign afresh with "
+                      f"`webhookbus sign --config {args.config} --provider {provider.name} --dev-secrets --send`)")
+                print(f"{sample.curl(url)}\n")
+        print(f"read the events: WEBHOOKBUS_KAFKA__BOOTSTRAP_SERVERS={broker.bootstrap} "
+              f"webhookbus tail --config {args.config} --topic <topic> --from-beginning\n", flush=True)
         log.configure(args.log_level)
         from webhookbus.server import serve
 
@@ -115,7 +270,26 @@ def main(argv: list[str] | None = None) -> int:
     for sub in (serve, dev):
         sub.add_argument("--log-level", default="INFO")
     dev.add_argument("--broker-port", type=int, default=9092)
-    command("plugins", cmd_plugins, "list installed verifier plugins")
+    sign = command("sign", cmd_sign, "print (or --send) a correctly signed sample request for a provider")
+    tail = command("tail", cmd_tail, "print the CloudEvents published on a topic")
+    for sub in (sign, tail):
+        sub.add_argument("--config", default=DEFAULT_CONFIG)
+    sign.add_argument("--provider", required=True, help="a provider name from the config")
+    sign.add_argument("--data", help="the payload as JSON, or @file holding JSON (default: a realistic sample)")
+    sign.add_argument("--variant", help="a signing variant, e.g. uip: v1 or v2 (default: the first)")
+    sign.add_argument("--url", help="base URL of the listener (default: from the config's server section)")
+    sign.add_argument("--send", action="store_true", help="send it and print the reply instead of a curl command")
+    sign.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the reply with --send")
+    sign.add_argument("--dev-secrets", action="store_true", help="use make run's sample secrets where none are set")
+    tail.add_argument("--topic", required=True)
+    tail.add_argument("--from-beginning", action="store_true", help="start at the oldest message, not the next one")
+    tail.add_argument("--max", type=int, help="stop after this many messages")
+    tail.add_argument("--timeout", type=float, help="stop after this many seconds without a message")
+    tail.add_argument("--bootstrap", help="host:port of a broker (default: kafka.bootstrap_servers)")
+    tail.add_argument("--json", action="store_true", help="one structured-mode JSON document per line")
+    plugins = command("plugins", cmd_plugins, "list installed verifier plugins and their options")
+    plugins.add_argument("--schema", metavar="NAME", help="print the JSON Schema of one plugin's options")
+    command("schema", cmd_schema, "print the JSON Schema of the config file, installed plugins' options included")
     args = parser.parse_args(argv)
     return int(args.handler(args))
 

@@ -105,3 +105,27 @@ def encode_binary(event: CloudEvent, include_raw_body: bool = False) -> tuple[by
     headers: Headers = [("content-type", attrs.pop("datacontenttype").encode())]
     headers.extend((f"ce_{name}", value.encode()) for name, value in attrs.items())
     return _json(event.data), headers
+
+
+def decode_kafka(value: bytes | None, headers: Headers) -> dict[str, Any]:
+    """Either encoding back to one structured-mode document (attributes plus ``data``).
+
+    For ``webhookbus tail``: it reads what any CloudEvents producer wrote, so a value that is
+    neither mode's JSON is kept as text under ``data`` rather than refused.
+    """
+    names = {name.lower(): raw for name, raw in headers}
+    content_type = names.get("content-type", b"").decode("latin-1")
+    if content_type.startswith(STRUCTURED_CONTENT_TYPE):
+        try:
+            document = json.loads(value or b"null")
+            if isinstance(document, dict):
+                return document
+        except ValueError:
+            pass
+    document = {name[3:]: raw.decode("utf-8", "replace") for name, raw in names.items() if name.startswith("ce_")}
+    document["datacontenttype"] = content_type or None
+    try:
+        document["data"] = json.loads(value) if value else None
+    except ValueError:
+        document["data"] = value.decode("utf-8", "replace") if value else None
+    return document

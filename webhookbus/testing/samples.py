@@ -23,6 +23,7 @@ import functools
 import hashlib
 import hmac
 import json
+import os
 import shlex
 import time
 import uuid
@@ -310,6 +311,38 @@ def dev_platform_public_pem() -> bytes:
 
     key = serialization.load_pem_private_key(DEV_PLATFORM_KEY, password=None)
     return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _new_private_pem() -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+# Key files config/webhookbus.yaml names (relative to where `make run` runs): the platform's public
+# key is DEV_PLATFORM_KEY's, so sample requests verify; the service key is generated once.
+DEV_FILES: dict[str, Callable[[], bytes]] = {
+    ".dev/truvalidate/platform.pem": dev_platform_public_pem,
+    ".dev/truvalidate/service.pem": _new_private_pem,
+}
+
+
+def install_dev_secrets() -> list[str]:
+    """Provide `make run`'s sample secrets: every unset variable of :data:`DEV_SECRETS`, and every
+    missing file of :data:`DEV_FILES` (existing ones are kept).  Returns the files it created."""
+    for name, value in DEV_SECRETS.items():
+        os.environ.setdefault(name, value)
+    created = []
+    for name, make in DEV_FILES.items():
+        path = Path(name)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(make())
+            path.chmod(0o600)
+            created.append(name)
+    return created
 
 
 SIGNERS: dict[str, dict[str, Signer]] = {

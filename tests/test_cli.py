@@ -1,0 +1,208 @@
+"""The integrator's commands: sign -> send -> tail on a real broker, `make run`'s curl lines for every
+configured provider, plugins and their options schema, and the config file's JSON Schema."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from webhookbus.cli import main
+from webhookbus.testing import free_port, post, read_topic
+
+ROOT = Path(__file__).resolve().parent.parent
+UIP_SECRET = "uip-secret-for-cli-tests"
+
+
+def parse_curl(command: str) -> tuple[str, str, dict[str, str], bytes]:
+    """method, URL, headers, body of a printed curl command, read back as a shell would split it."""
+    words = shlex.split(command)
+    assert words[0] == "curl"
+    method, url, headers, body = "GET", "", {}, b""
+    index = 1
+    while index < len(words):
+        word = words[index]
+        if word == "-X":
+            method, index = words[index + 1], index + 1
+        elif word == "-H":
+            name, _, value = words[index + 1].partition(": ")
+            headers[name], index = value, index + 1
+        elif word == "--data-binary":
+            body, index = words[index + 1].encode(), index + 1
+        elif not word.startswith("-"):
+            url = word
+        index += 1
+    return method, url, headers, body
+
+
+def send_curl(command: str) -> int:
+    method, url, headers, body = parse_curl(command)
+    port, path = url.removeprefix("http://127.0.0.1:").split("/", 1)
+    return post(int(port), "/" + path, body, headers, method).status
+
+
+@pytest.fixture
+def uip_setup(webhookbus_listener, kafka_broker, topic_name, tmp_path):
+    """A listener with a uip provider, and the same config as a file for the CLI."""
+    topic = topic_name("cli")
+    settings = {
+        "providers": {"uip": {"verifier": "uip", "path": "/webhooks/uip", "secrets": [f"literal:{UIP_SECRET}"]}},
+        "routes": [{"provider": "uip", "topic": topic}],
+    }
+    listener = webhookbus_listener(settings)
+    file = tmp_path / "webhookbus.yaml"
+    file.write_text(yaml.safe_dump({**settings, "server": {"port": listener.port},
+                                    "kafka": {"bootstrap_servers": [kafka_broker.bootstrap]}}))
+    return str(file), topic
+
+
+def test_sign_prints_a_curl_that_verifies_then_send_and_tail_round_trip(uip_setup, capsys, tmp_path):
+    config, topic = uip_setup
+    assert main(["sign", "--config", config, "--provider", "uip", "--variant", "v2"]) == 0
+    printed = capsys.readouterr()
+    assert "variant v2 of v1, v2" in printed.err
+    assert send_curl(printed.out) == 200
+
+    data = tmp_path / "identify.json"
+    data.write_text(json.dumps({"event": "identify", "data": {"uip_id": "uip_cli", "audit_id": "aud_cli"}}))
+    assert main(["sign", "--config", config, "--provider", "uip", "--data", f"@{data}", "--send"]) == 0
+    assert capsys.readouterr().out.startswith("HTTP 200")
+
+    assert main(["tail", "--config", config, "--topic", topic, "--from-beginning", "--max", "2", "--timeout", "10"]) == 0
+    pretty = capsys.readouterr().out
+    assert pretty.count(f"── {topic} [") == 2
+    assert "uip.session.completed" in pretty and "uip.identify" in pretty and '"uip_id": "uip_cli"' in pretty
+
+    assert main(["tail", "--config", config, "--topic", topic, "--from-beginning", "--json", "--timeout", "3"]) == 0
+    documents = {d["type"]: d for d in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert set(documents) == {"uip.session.completed", "uip.identify"}  # partitions: no order between them
+    assert documents["uip.identify"]["id"] == "aud_cli" and documents["uip.identify"]["subject"] == "uip_cli"
+
+    # Without --from-beginning tail starts after the last message: nothing old is printed.
+    assert main(["tail", "--config", config, "--topic", topic, "--timeout", "2"]) == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_send_reports_a_refusal_and_exits_non_zero(uip_setup, capsys, tmp_path, kafka_broker):
+    config, topic = uip_setup
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text(Path(config).read_text().replace(UIP_SECRET, "not-the-secret"))
+    assert main(["sign", "--config", str(wrong), "--provider", "uip", "--send"]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("HTTP 401") and '"error":"verification_failed"' in out
+    assert read_topic(kafka_broker.bootstrap, topic, 1, timeout=1.0) == []
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--provider", "nope"], "no provider 'nope'"),
+    (["--provider", "uip", "--variant", "v9"], "has variants: v1, v2"),
+    (["--provider", "uip", "--data", "{not json"], "--data is not JSON"),
+    (["--provider", "uip", "--data", "@/nonexistent/file.json"], "cannot read /nonexistent/file.json"),
+])
+def test_sign_usage_errors_exit_2_with_a_reason(uip_setup, capsys, argv, message):
+    config, _ = uip_setup
+    assert main(["sign", "--config", config, *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_tail_gives_up_on_a_missing_topic_after_the_timeout(uip_setup, capsys):
+    config, _ = uip_setup
+    assert main(["tail", "--config", config, "--topic", "never-created-topic", "--timeout", "1"]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_make_run_prints_a_working_curl_for_every_configured_provider(tmp_path):
+    """`webhookbus dev` on the example config: every provider's sample request is accepted."""
+    config = ROOT / "config" / "webhookbus.yaml"
+    providers = yaml.safe_load(config.read_text())["providers"]
+    env = {**os.environ, "WEBHOOKBUS_SERVER__PORT": str(free_port())}
+    env = {name: value for name, value in env.items() if not name.endswith(("_SECRET", "_SECRET_OLD"))}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "webhookbus.cli", "dev", "--config", str(config), "--broker-port", str(free_port())],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        lines, deadline = [], time.monotonic() + 60
+        while time.monotonic() < deadline and not any(line.startswith("read the events") for line in lines):
+            line = process.stdout.readline()  # type: ignore[union-attr]
+            if not line:
+                break
+            lines.append(line)
+        curls = {previous.split()[1]: line for previous, line in zip(lines, lines[1:]) if line.startswith("curl ")}
+        assert set(curls) == set(providers), "one signed curl per configured provider"
+        statuses = {}
+        for name, command in curls.items():
+            for _ in range(50):  # the listener starts right after the curls are printed
+                try:
+                    statuses[name] = send_curl(command)
+                    break
+                except ConnectionRefusedError:
+                    time.sleep(0.2)
+        assert statuses == dict.fromkeys(providers, 200)
+        assert (tmp_path / ".dev" / "truvalidate" / "service.pem").stat().st_mode & 0o077 == 0
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_plugins_lists_every_plugin_with_its_options(capsys):
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    for name in ("hmac", "unloq", "uip", "truvalidate", "zignsec", "authgear", "standardwebhooks", "stripe"):
+        assert f"\n{name} " in f"\n{out}", name
+    assert "webhookbus-plugin-template" in out and "tolerance_seconds" in out and "(required)" in out
+
+    assert main(["plugins", "--schema", "standardwebhooks"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["properties"]["header_prefix"]["default"] == "webhook-"
+    assert schema["additionalProperties"] is False
+
+    assert main(["plugins", "--schema", "nope"]) == 2
+    assert "installed:" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def config_validator():
+    from webhookbus.schema import config_schema
+
+    schema = config_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def test_schema_command_prints_the_config_schema(capsys, config_validator):
+    assert main(["schema"]) == 0
+    assert json.loads(capsys.readouterr().out) == config_validator.schema
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "config").rglob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_config_is_valid_under_the_schema(config_validator, path):
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in config_validator.iter_errors(yaml.safe_load(path.read_text()))]
+    assert errors == []
+
+
+@pytest.mark.parametrize(("provider", "valid"), [
+    ({"verifier": "standardwebhooks", "options": {"header_prefix": "svix-"}}, True),
+    ({"verifier": "uip", "options": {"header_prefix": "svix-"}}, False),     # another plugin's option
+    ({"verifier": "uip", "options": {"tolerance_seconds": "soon"}}, False),
+    ({"verifier": "stripe", "options": {"tolerance_seconds": 60}}, True),    # an installed third-party plugin
+    ({"verifier": "authgear", "options": {"blocking_response": {"is_allowed": "yes"}}}, False),  # nested model
+    ({"verifier": "no-such-plugin"}, False),
+    ({"verifier": "hmac", "secrets": "env:ONE"}, True),                      # one secret without a list
+])
+def test_options_are_checked_against_the_plugin_named_in_verifier(config_validator, provider, valid):
+    document = {"providers": {"p": {"path": "/p", **provider}}, "routes": [{"topic": "t", "type": "p.*"}]}
+    assert config_validator.is_valid(document) is valid
