@@ -28,12 +28,11 @@ def _load(path: str) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from webhookbus.server import serve
+    from webhookbus.server import run
 
     config = _load(args.config)
     log.configure(args.log_level)
-    asyncio.run(serve(config))
-    return 0
+    return run(config)
 
 
 def cmd_check(args: argparse.Namespace) -> int:

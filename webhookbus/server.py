@@ -4,19 +4,34 @@ Hypercorn owns the sockets and HTTP parsing; here its settings are derived from 
 there is one config file.  On the shutdown trigger hypercorn stops accepting, gives
 in-flight requests ``graceful_timeout`` seconds, then runs the lifespan shutdown, which
 flushes the Kafka producer.
+
+With ``server.workers`` above one, :func:`run` forks that many worker processes, each a
+complete single-process server (its own event loop, producer, spool slot) listening on
+its own ``SO_REUSEPORT`` socket, so the kernel spreads connections evenly over them (one
+shared socket would let whichever worker wakes first accept a whole burst of keep-alive
+connections).  The parent only holds the address, relays the shutdown signal and waits
+for the workers to finish gracefully.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import multiprocessing
+import os
 import signal
 import ssl
+from multiprocessing.connection import wait
 
-from hypercorn.asyncio import serve as hypercorn_serve
+from hypercorn.asyncio.run import worker_serve
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.config import Sockets
+from hypercorn.utils import wrap_app
 
 from webhookbus.app import WebhookBus
 from webhookbus.config import Config, ServerSettings
+
+log = logging.getLogger("webhookbus.server")
 
 
 def hypercorn_config(server: ServerSettings) -> HypercornConfig:
@@ -37,8 +52,12 @@ def hypercorn_config(server: ServerSettings) -> HypercornConfig:
     return config
 
 
-async def serve(config: Config, shutdown: asyncio.Event | None = None) -> None:
-    """Serve until ``shutdown`` is set or, when none is given, until SIGTERM/SIGINT."""
+async def serve(config: Config, shutdown: asyncio.Event | None = None, sockets: Sockets | None = None) -> None:
+    """Serve until ``shutdown`` is set or, when none is given, until SIGTERM/SIGINT.
+
+    ``sockets`` are already bound ones to accept on (a forked worker's); by default the
+    configured address is bound here.
+    """
     app = WebhookBus(config)
     if shutdown is None:
         shutdown = asyncio.Event()
@@ -46,4 +65,68 @@ async def serve(config: Config, shutdown: asyncio.Event | None = None) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, shutdown.set)
     hyper = hypercorn_config(config.settings.server)
-    await hypercorn_serve(app, hyper, shutdown_trigger=shutdown.wait, mode="asgi")
+    await worker_serve(wrap_app(app, hyper.wsgi_max_body_size, "asgi"), hyper, sockets=sockets,
+                       shutdown_trigger=shutdown.wait)
+
+
+def run(config: Config) -> int:
+    """Serve until SIGTERM/SIGINT in ``server.workers`` processes; the exit status.
+
+    Workers are forked after the config is loaded (plugins imported, secrets resolved) and
+    before any thread or event loop exists.  A worker that dies unexpectedly stops the
+    others and the exit status is 1, so a supervisor restarts the whole service rather
+    than it running on with less capacity than configured.
+    """
+    server = config.settings.server
+    if server.workers == 1:
+        asyncio.run(serve(config))
+        return 0
+    # Bound, never listening: holds the address (and resolves port 0) without taking connections.
+    held = _reuseport_config(server).create_sockets()
+    port = [*held.secure_sockets, *held.insecure_sockets][0].getsockname()[1]
+    context = multiprocessing.get_context("fork")
+    processes = [context.Process(target=_worker, args=(config, port), name=f"webhookbus-worker-{index}")
+                 for index in range(server.workers)]
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for process in processes:
+            process.start()
+        while not stopping and all(process.exitcode is None for process in processes):
+            wait([process.sentinel for process in processes], timeout=0.5)
+        if not stopping:
+            log.error("a worker exited unexpectedly; stopping the others",
+                      extra={"exitcodes": [process.exitcode for process in processes]})
+        for process in processes:
+            if process.exitcode is None:
+                os.kill(process.pid, signal.SIGTERM)
+        grace = server.graceful_timeout * 2 + 10  # in-flight requests, then the producer's flush
+        for process in processes:
+            process.join(grace)
+            if process.exitcode is None:
+                process.kill()
+                process.join()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sock in [*held.secure_sockets, *held.insecure_sockets]:
+            sock.close()
+    return 0 if stopping and all(process.exitcode == 0 for process in processes) else 1
+
+
+def _reuseport_config(server: ServerSettings, port: int | None = None) -> HypercornConfig:
+    hyper = hypercorn_config(server.model_copy(update={"port": server.port if port is None else port}))
+    hyper.workers = server.workers  # hypercorn sets SO_REUSEPORT on the sockets it creates
+    return hyper
+
+
+def _worker(config: Config, port: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # serve() installs its own handlers on the loop
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    sockets = _reuseport_config(config.settings.server, port).create_sockets()
+    asyncio.run(serve(config, sockets=sockets))

@@ -1,0 +1,106 @@
+"""``server.workers``: forked workers on their own SO_REUSEPORT sockets, a graceful stop,
+and a worker that dies taking the service down rather than leaving it short-handed."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from webhookbus.testing import free_port, post, read_topic
+from webhookbus.testing.broker import wait_for_port
+
+SECRET = "workers-test-secret"
+PATH = "/webhooks/demo"
+
+
+@pytest.fixture
+def server(tmp_path: Path, kafka_broker, topic_name) -> Iterator[tuple[subprocess.Popen[bytes], int, str]]:
+    port, topic = free_port(), topic_name("workers")
+    config = {
+        "server": {"host": "127.0.0.1", "port": port, "workers": 2, "graceful_timeout": 2},
+        "kafka": {"bootstrap_servers": [kafka_broker.bootstrap]},
+        "providers": {"demo": {"verifier": "hmac", "path": PATH, "secrets": [f"literal:{SECRET}"],
+                               "options": {"id_field": "id"}}},
+        "routes": [{"topic": topic}],
+        "spool": {"directory": str(tmp_path / "spool")},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    process = subprocess.Popen([sys.executable, "-m", "webhookbus.cli", "serve", "--config",
+                                str(tmp_path / "config.yaml"), "--log-level", "WARNING"])
+    try:
+        wait_for_port(port, timeout=20)
+        yield process, port, topic
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def listening_sockets(pid: int, port: int) -> set[str]:
+    """Inodes of the sockets ``pid`` holds that listen on ``port`` (from /proc/net/tcp)."""
+    listening = {fields[9] for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+                 if (fields := line.split())[3] == "0A" and int(fields[1].split(":")[1], 16) == port}
+    held = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            held.add(target[8:-1])
+    return held & listening
+
+
+def wait_until(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def signed(event_id: str) -> tuple[bytes, dict[str, str]]:
+    body = json.dumps({"id": event_id}).encode()
+    return body, {"x-signature": hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()}
+
+
+def test_each_worker_listens_on_its_own_socket_and_a_stop_is_graceful(server, kafka_broker):
+    process, port, topic = server
+    wait_until(lambda: len(children(process.pid)) == 2)
+    workers = children(process.pid)
+    wait_until(lambda: all(listening_sockets(worker, port) for worker in workers))
+    sockets = [listening_sockets(worker, port) for worker in workers]
+    assert sockets[0].isdisjoint(sockets[1]), "each worker has a socket of its own, so the kernel spreads connections"
+    assert not listening_sockets(process.pid, port), "the parent holds the address but takes no connections"
+
+    for index in range(20):  # a fresh connection each: spread over both workers
+        assert post(port, PATH, *signed(f"evt_{index}")).status == 200
+
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == 0
+    assert not any(Path(f"/proc/{worker}").exists() and "zombie" not in Path(f"/proc/{worker}/status").read_text()
+                   for worker in workers)
+    assert len(read_topic(kafka_broker.bootstrap, topic, 20)) == 20
+
+
+def test_a_worker_that_dies_stops_the_service(server):
+    process, port, _ = server
+    wait_until(lambda: len(children(process.pid)) == 2)
+    first, second = children(process.pid)
+    os.kill(first, signal.SIGKILL)
+    assert process.wait(30) == 1
+    assert not Path(f"/proc/{second}").exists() or "zombie" in Path(f"/proc/{second}/status").read_text()
