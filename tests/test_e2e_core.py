@@ -175,12 +175,15 @@ def test_health_and_readiness(webhookbus_listener):
 
 
 def test_broker_outage_gives_503_then_recovers(webhookbus_listener, own_broker, topic_name):
+    """With ``on_broker_timeout: reject`` (the default spools instead: tests/test_reliability.py)."""
     topic = topic_name()
-    listener = webhookbus_listener(demo_config([{"topic": topic}], publish_timeout=1.0), bootstrap=own_broker.bootstrap)
-    body, headers = signed(EVENT)
-    assert listener.post(PATH, body, headers).status == 200
+    config = demo_config([{"topic": topic}], publish_timeout=1.0)
+    config["providers"]["demo"]["on_broker_timeout"] = "reject"
+    listener = webhookbus_listener(config, bootstrap=own_broker.bootstrap)
+    assert listener.post(PATH, *signed({**EVENT, "id": "evt_before"})).status == 200
 
     own_broker.stop()
+    body, headers = signed({**EVENT, "id": "evt_during"})  # a new event: evt_before is remembered (dedup)
     started = time.monotonic()
     reply = listener.post(PATH, body, headers)
     elapsed = time.monotonic() - started

@@ -1,10 +1,10 @@
 """The ASGI application: paths, limits, status codes and JSON errors.
 
 A request's life: match the path to a provider, read the body within the size and time
-limits, hand it to the provider's verifier, normalise and route the events, and answer
-2xx only once Kafka acknowledged every message.  Every refusal is a :class:`HttpError`
-(or a plugin's :class:`~webhookbus.plugin.WebhookError`) turned into a response in one
-place, :meth:`WebhookBus._handle`.
+limits, hand it to the provider's verifier, normalise the events, and answer 2xx only
+once :mod:`webhookbus.delivery` says they are safe (on Kafka, or synced to the spool).
+Every refusal is a :class:`HttpError` (or a plugin's :class:`~webhookbus.plugin.WebhookError`)
+turned into a response in one place, :meth:`WebhookBus._handle`.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from typing import Any
 from webhookbus.config import Config, Provider
 from webhookbus.events import normalize
 from webhookbus.log import where
+from webhookbus.audit import RejectionAudit
+from webhookbus.delivery import Delivery, Refused
 from webhookbus.plugin import Accepted, InboundRequest, Response, WebhookError
-from webhookbus.publish import PublishFailed, Publisher
-from webhookbus.routing import messages_for
+from webhookbus.publish import Publisher
 from webhookbus.signing import matched_secret_index
 
 Scope = MutableMapping[str, Any]
@@ -52,7 +53,9 @@ class WebhookBus:
     def __init__(self, config: Config, publisher: Publisher | None = None) -> None:
         self.config = config
         self.server = config.settings.server
-        self.publisher = publisher or Publisher(config.settings.kafka)
+        self.delivery = Delivery(config, publisher)
+        self.publisher = self.delivery.publisher
+        self.audit = RejectionAudit(config.settings.audit, self.publisher)
         # Longest path first, so /hooks/a/b wins over /hooks/a for /hooks/a/b/c.
         self._providers = sorted(config.providers.values(), key=lambda p: len(p.path), reverse=True)
         self._exact = {p.path: p for p in self._providers}
@@ -68,10 +71,14 @@ class WebhookBus:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                self.publisher.start()
+                try:
+                    self.delivery.start()
+                except Exception as exc:  # hypercorn would otherwise serve without a spool
+                    await send({"type": "lifespan.startup.failed", "message": f"cannot open the spool: {exc}"})
+                    return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await self.publisher.close(self.server.graceful_timeout)
+                await self.delivery.close(self.server.graceful_timeout)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -134,19 +141,17 @@ class WebhookBus:
         try:
             outcome = provider.verifier.verify(request)
             accepted: Accepted = await outcome if inspect.isawaitable(outcome) else outcome  # type: ignore[assignment]
+        except WebhookError as exc:
+            self.audit.record(request, exc, fields["request_id"])
+            raise
         finally:
             fields["secret_index"] = matched_secret_index.get()
         events = [normalize(request, provider.settings.verifier, event) for event in accepted.events]
-        messages = [message for event in events for message in messages_for(self.config.settings, event)]
-        fields.update(events=[event.id for event in events], topics=sorted({m.topic for m in messages}))
-        if not messages:
-            fields["unrouted"] = True
-        timeout = self.config.publish_timeout(provider.name)
+        fields["events"] = [event.id for event in events]
         try:
-            await self.publisher.publish(messages, timeout)
-        except PublishFailed as exc:
-            retry_after = str(max(1, round(timeout))).encode()
-            raise HttpError(503, "broker_unavailable", exc.reason, [(b"retry-after", retry_after)]) from None
+            await self.delivery.accept(provider, [event.id for event in accepted.events], events, fields)
+        except Refused as exc:
+            raise HttpError(exc.status, exc.error, exc.detail, [(b"retry-after", str(exc.retry_after).encode())]) from None
         return accepted.response or Response(200, b"", "text/plain")
 
     async def _read_request(self, provider: Provider, scope: Scope, receive: Receive) -> InboundRequest:

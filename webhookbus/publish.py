@@ -1,11 +1,16 @@
 """The Kafka producer, and the one thread boundary between it and the event loop.
 
 kafka-python's ``KafkaProducer.send`` blocks (waiting for topic metadata, or for buffer
-space while the broker is away), so the event loop never calls it.  Instead a request's
-messages go through a queue to one publisher thread that owns the producer; the broker's
-acks come back on kafka-python's own I/O thread, and completed batches are handed to the
-loop with a single ``call_soon_threadsafe`` per wake-up (each call writes to the loop's
-self-pipe, which showed up in profiles when done once per message).
+space while the broker is away), so the event loop never calls it.  Instead messages go
+through a queue to one publisher thread that owns the producer; the broker's acks come
+back on kafka-python's own I/O thread, and completed batches are handed to the loop with
+a single ``call_soon_threadsafe`` per wake-up (each call writes to the loop's self-pipe,
+which showed up in profiles when done once per message).
+
+kafka-python buffers without a bound on records, so the publisher thread hands it at most
+``kafka.max_in_flight_records`` unacknowledged records; beyond that a batch waits in the
+queue, and a request whose deadline passes while its batch waits is never sent at all:
+the caller spools it or answers 503, and nothing arrives twice or piles up in memory.
 """
 
 from __future__ import annotations
@@ -15,24 +20,54 @@ import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from webhookbus.config import KafkaSettings
+from webhookbus.log import where
 from webhookbus.routing import KafkaMessage
 
 log = logging.getLogger("webhookbus.publish")
 
+QUEUED, SENDING, DONE, ABANDONED = range(4)
+
+
+class Batch:
+    """Messages published together, and who hears once the broker answered for each.
+
+    ``failed`` holds the indexes of the messages the broker did not take (``error`` says
+    why), so a sender keeping copies re-sends only those.  ``callbacks`` run on
+    kafka-python's I/O thread or the publisher thread: they must be quick and never block.
+    """
+
+    __slots__ = ("messages", "future", "callbacks", "pending", "failed", "error", "state")
+
+    def __init__(self, messages: Sequence[KafkaMessage], future: asyncio.Future[None] | None = None,
+                 callbacks: list[Callable[[Batch], None]] | None = None) -> None:
+        self.messages = messages
+        self.future = future
+        self.callbacks = callbacks or []
+        self.pending = len(messages)
+        self.failed: list[int] = []
+        self.error: str | None = None
+        self.state = QUEUED
+
 
 class PublishFailed(Exception):
-    """The broker did not acknowledge every message; ``reason`` is safe to log."""
+    """The broker did not acknowledge every message; ``reason`` is safe to log.
 
-    def __init__(self, reason: str) -> None:
+    ``in_flight`` is the batch when the deadline passed after its messages were handed to
+    kafka-python: they may still reach Kafka, so whoever keeps a copy can wait for that
+    outcome (:meth:`Publisher.when_done`) instead of sending them a second time.
+    """
+
+    def __init__(self, reason: str, in_flight: Batch | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.in_flight = in_flight
 
 
 def producer_options(settings: KafkaSettings) -> dict[str, Any]:
@@ -50,35 +85,27 @@ def producer_options(settings: KafkaSettings) -> dict[str, Any]:
     return options
 
 
-class _Batch:
-    """The messages of one request and the future that resolves when all are acked."""
-
-    __slots__ = ("messages", "future", "pending", "error")
-
-    def __init__(self, messages: Sequence[KafkaMessage], future: asyncio.Future[None]) -> None:
-        self.messages = messages
-        self.future = future
-        self.pending = len(messages)
-        self.error: str | None = None
-
-
 class Publisher:
-    """Publishes each request's messages and tells the caller when the broker acked them all.
+    """Publishes batches of messages and reports when the broker acked them.
 
     ``start`` and ``close`` are called from the event loop's thread at startup and shutdown;
-    ``publish`` is the coroutine request handlers await.
+    ``publish`` is the coroutine request handlers await; ``submit`` and ``when_done`` serve
+    threads (the spool forwarder, the audit trail) that must not touch the loop.
     """
 
     def __init__(self, settings: KafkaSettings) -> None:
         self._settings = settings
-        self._queue: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
-        self._done: deque[_Batch] = deque()
-        self._done_lock = threading.Lock()
+        self._queue: queue.SimpleQueue[Batch | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._slot_freed = threading.Condition(self._lock)
+        self._records_in_flight = 0
+        self._done: deque[Batch] = deque()
         self._drain_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._producer: KafkaProducer | None = None
         self._thread: threading.Thread | None = None
         self._broken = False  # set from kafka-python's thread when the producer failed for good
+        self.producers_replaced = 0
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -86,21 +113,42 @@ class Publisher:
         self._thread.start()
 
     async def publish(self, messages: Sequence[KafkaMessage], timeout: float) -> None:
-        """Return once the broker acked every message; raise :class:`PublishFailed` otherwise.
-
-        On timeout the messages may still reach Kafka later (the producer keeps them until
-        its own delivery timeout); callers answer 503 so the provider retries, which is why
-        consumers dedup on the CloudEvents ``id``.
-        """
+        """Return once the broker acked every message; raise :class:`PublishFailed` otherwise."""
         if not messages:
             return
         assert self._loop is not None, "Publisher.start() was not called"
         future: asyncio.Future[None] = self._loop.create_future()
-        self._queue.put(_Batch(messages, future))
+        batch = Batch(messages, future)
+        self._queue.put(batch)
         try:
             await asyncio.wait_for(future, timeout)
         except TimeoutError:
-            raise PublishFailed(f"broker did not acknowledge within {timeout:g} s") from None
+            reason = f"broker did not acknowledge within {timeout:g} s"
+            with self._lock:
+                if batch.state == QUEUED:  # never handed to kafka-python: it never will be
+                    batch.state = ABANDONED
+                    self._slot_freed.notify_all()
+                    raise PublishFailed(reason) from None
+            raise PublishFailed(reason, batch) from None
+
+    def submit(self, messages: Sequence[KafkaMessage], callback: Callable[[Batch], None] | None = None) -> Batch:
+        """Publish from any thread without waiting; ``callback(batch)`` runs once all are answered."""
+        batch = Batch(messages, None, [callback] if callback else None)
+        if messages:
+            self._queue.put(batch)
+        else:
+            batch.state = DONE
+            if callback:
+                callback(batch)
+        return batch
+
+    def when_done(self, batch: Batch, callback: Callable[[Batch], None]) -> None:
+        """Run ``callback(batch)`` once ``batch`` is answered for (now, if it already is)."""
+        with self._lock:
+            if batch.state != DONE:
+                batch.callbacks.append(callback)
+                return
+        callback(batch)
 
     async def close(self, timeout: float = 10.0) -> None:
         """Flush what was sent and stop the thread, without blocking the loop."""
@@ -119,36 +167,50 @@ class Publisher:
 
     def _run(self) -> None:
         self._ensure_producer()
-        while True:
-            batch = self._queue.get()
-            if batch is None:
-                break
+        while (batch := self._queue.get()) is not None:
+            if not self._reserve(batch):
+                continue
             producer = self._ensure_producer()
             if producer is None:
-                self._finish(batch, "broker unreachable")
+                self._fail_from(batch, 0, "broker unreachable")
                 continue
-            for message in batch.messages:
+            for index, message in enumerate(batch.messages):
                 try:
                     sent = producer.send(message.topic, message.value, message.key, message.headers)
                 except KafkaError as exc:
+                    # Typically no metadata within max_block_ms: the rest would wait as long again.
                     self._note_fatal(exc)
-                    self._settle(batch, f"send failed: {type(exc).__name__}")
-                    continue
+                    self._fail_from(batch, index, f"send failed: {type(exc).__name__}")
+                    break
                 sent.add_callback(self._acked, batch)
-                sent.add_errback(self._failed, batch)
+                sent.add_errback(self._failed, batch, index)
         if self._producer is not None:
             try:
                 self._producer.close(timeout=self._settings.publish_timeout * 4)
             except KafkaError as exc:  # pragma: no cover - best effort at shutdown
                 log.warning("producer close failed", extra={"reason": type(exc).__name__})
 
+    def _reserve(self, batch: Batch) -> bool:
+        """Wait for room under ``max_in_flight_records``; False if the caller gave up meanwhile."""
+        limit = self._settings.max_in_flight_records
+        with self._lock:
+            while batch.state == QUEUED and self._records_in_flight and self._records_in_flight + len(batch.messages) > limit:
+                self._slot_freed.wait()
+            if batch.state != QUEUED:
+                return False
+            batch.state = SENDING
+            self._records_in_flight += len(batch.messages)
+            return True
+
     def _ensure_producer(self) -> KafkaProducer | None:
         if self._broken and self._producer is not None:
             # An idempotent producer whose state the broker forgot (restart, UnknownProducerId,
-            # OutOfOrderSequenceNumber) fails every later send: replace it.
+            # OutOfOrderSequenceNumber) fails every later send: replace it.  Its unacked
+            # records fail with it; their senders (the spool forwarder) send them again.
             log.warning("replacing a failed Kafka producer")
             self._producer.close(timeout=0)
             self._producer = None
+            self.producers_replaced += 1
         self._broken = False
         if self._producer is None:
             try:
@@ -158,44 +220,55 @@ class Publisher:
                 return None
         return self._producer
 
-    def _acked(self, batch: _Batch, _metadata: object) -> None:
-        self._settle(batch, None)
+    def _acked(self, batch: Batch, _metadata: object) -> None:
+        self._settle(batch, 1)
 
-    def _failed(self, batch: _Batch, exc: BaseException) -> None:
+    def _failed(self, batch: Batch, index: int, exc: BaseException) -> None:
         self._note_fatal(exc)
-        self._settle(batch, f"broker rejected a message: {type(exc).__name__}")
+        self._settle(batch, 1, [index], f"broker rejected a message: {type(exc).__name__}")
+
+    def _fail_from(self, batch: Batch, start: int, error: str) -> None:
+        self._settle(batch, len(batch.messages) - start, list(range(start, len(batch.messages))), error)
 
     def _note_fatal(self, exc: BaseException) -> None:
         if not getattr(exc, "retriable", False):
             self._broken = True
 
-    def _settle(self, batch: _Batch, error: str | None) -> None:
-        # Called on kafka-python's I/O thread (or ours); only the count is touched here.
-        with self._done_lock:
-            if error is not None and batch.error is None:
-                batch.error = error
-            batch.pending -= 1
+    def _settle(self, batch: Batch, count: int, failed: list[int] | None = None, error: str | None = None) -> None:
+        # Called on kafka-python's I/O thread (or ours); only counts are touched under the lock.
+        schedule = False
+        with self._lock:
+            if failed:
+                batch.failed.extend(failed)
+                batch.error = batch.error or error
+            batch.pending -= count
             if batch.pending:
                 return
-            self._done.append(batch)
-            if self._drain_scheduled:
-                return
-            self._drain_scheduled = True
-        assert self._loop is not None
-        try:
-            self._loop.call_soon_threadsafe(self._drain)
-        except RuntimeError:  # the loop closed at shutdown: nobody is waiting any more
-            pass
-
-    def _finish(self, batch: _Batch, error: str) -> None:
-        batch.pending = 1
-        self._settle(batch, error)
+            batch.state = DONE
+            self._records_in_flight -= len(batch.messages)
+            self._slot_freed.notify()
+            callbacks, batch.callbacks = batch.callbacks, []
+            if batch.future is not None:
+                self._done.append(batch)
+                schedule, self._drain_scheduled = not self._drain_scheduled, True
+        for callback in callbacks:
+            try:
+                callback(batch)
+            except Exception as exc:  # a bug in a callback must not kill kafka-python's thread
+                log.error("publish callback failed", extra={"reason": where(exc)})
+        if schedule:
+            assert self._loop is not None
+            try:
+                self._loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # the loop closed at shutdown: nobody is waiting any more
+                pass
 
     def _drain(self) -> None:
-        with self._done_lock:
+        with self._lock:
             done, self._done = self._done, deque()
             self._drain_scheduled = False
         for batch in done:
+            assert batch.future is not None
             if batch.future.done():
                 continue
             if batch.error is None:

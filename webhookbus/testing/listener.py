@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +41,11 @@ def post(port: int, path: str, body: bytes = b"", headers: dict[str, str] | None
 
 @dataclass
 class Listener:
-    """``with Listener(config_dict, bootstrap) as listener: listener.post(...)``."""
+    """``with Listener(config_dict, bootstrap) as listener: listener.post(...)``.
+
+    Without a ``spool.directory`` in the config it gets a fresh temporary one, so its
+    spool and remembered event ids never leak into another listener or test run.
+    """
 
     settings: dict[str, Any]
     bootstrap: str
@@ -49,12 +54,16 @@ class Listener:
     _thread: threading.Thread | None = None
     _loop: asyncio.AbstractEventLoop | None = None
     _stop: asyncio.Event | None = None
+    _spool: tempfile.TemporaryDirectory[str] | None = None
 
     def __enter__(self) -> Listener:
         settings = dict(self.settings)
         settings["server"] = {**settings.get("server", {}), "host": "127.0.0.1", "port": self.port}
         kafka = settings.setdefault("kafka", {})
         settings["kafka"] = {"bootstrap_servers": [self.bootstrap], **kafka}
+        if "directory" not in settings.get("spool", {}):
+            self._spool = tempfile.TemporaryDirectory(prefix="webhookbus-spool-")
+            settings["spool"] = {**settings.get("spool", {}), "directory": self._spool.name}
         self.config = parse_config(yaml.safe_dump(settings), "<test config>")
         ready = threading.Event()
 
@@ -82,6 +91,9 @@ class Listener:
             self._loop.call_soon_threadsafe(self._stop.set)
             self._thread.join(30)
             self._thread = None
+        if self._spool is not None:
+            self._spool.cleanup()
+            self._spool = None
 
     def post(self, path: str, body: bytes = b"", headers: dict[str, str] | None = None, method: str = "POST") -> Reply:
         return post(self.port, path, body, headers, method)

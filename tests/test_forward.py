@@ -1,0 +1,132 @@
+"""The forwarder against a publisher the test answers by hand: order, retries, release, linked records."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+
+from webhookbus.forward import Forwarder
+from webhookbus.publish import DONE, Batch
+from webhookbus.routing import KafkaMessage
+from webhookbus.spool import Spool
+
+
+def message(n: int) -> KafkaMessage:
+    return KafkaMessage("t", None, b"value-%d" % n, [], "r")
+
+
+class HandPublisher:
+    """``submit`` only records; the test decides what the broker answered."""
+
+    def __init__(self) -> None:
+        self.batches: list[Batch] = []
+        self.lock = threading.Lock()
+
+    def submit(self, messages, callback=None) -> Batch:
+        batch = Batch(list(messages), None, [callback] if callback else None)
+        with self.lock:
+            self.batches.append(batch)
+        return batch
+
+    def when_done(self, batch: Batch, callback) -> None:
+        if batch.state == DONE:
+            callback(batch)
+        else:
+            batch.callbacks.append(callback)
+
+    @staticmethod
+    def answer(batch: Batch, failed: list[int] = ()) -> None:
+        batch.failed, batch.error = list(failed), "NotLeaderForPartitionError" if failed else None
+        batch.state = DONE
+        for callback in batch.callbacks:
+            callback(batch)
+
+    def values(self) -> list[bytes]:
+        with self.lock:
+            return [m.value for b in self.batches for m in b.messages]
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+def spool_with(tmp_path, count: int, **links) -> Spool:
+    spool = Spool(tmp_path, 1 << 30, 1 << 30)
+
+    async def main() -> None:
+        spool.start()
+        for n in range(count):
+            await spool.append([message(n)], links.get(f"after{n}"))
+        await spool.stop_writing()
+
+    asyncio.run(main())
+    return spool
+
+
+def test_records_go_out_in_order_and_only_refused_ones_are_sent_again(tmp_path):
+    spool = spool_with(tmp_path, 10)
+    publisher = HandPublisher()
+    forwarder = Forwarder(spool, publisher, batch_records=4, window=8)  # type: ignore[arg-type]
+    forwarder.start()
+    wait_until(lambda: len(publisher.batches) == 2)
+    assert publisher.values() == [b"value-%d" % n for n in range(8)], "in order, at most the window outstanding"
+    first, second = publisher.batches
+    HandPublisher.answer(first, failed=[1])  # value-1 refused
+    HandPublisher.answer(second)
+    wait_until(lambda: len(publisher.batches) >= 4)
+    sent_later = [m.value for b in publisher.batches[2:] for m in b.messages]
+    assert sorted(sent_later) == sorted([b"value-1", b"value-8", b"value-9"])
+    assert spool.acked_below == 1, "value-1 holds the cursor until it is acked"
+    for batch in publisher.batches[2:]:
+        HandPublisher.answer(batch)
+    wait_until(lambda: spool.acked_below == 10)
+    forwarder.stop(1)
+    assert (spool.slot / "cursor").read_text() == "10"
+    assert publisher.values().count(b"value-1") == 2 and len(publisher.values()) == 11
+    spool.close()
+
+
+def test_what_was_not_acked_at_stop_is_sent_again_after_a_restart(tmp_path):
+    spool = spool_with(tmp_path, 3)
+    publisher = HandPublisher()
+    forwarder = Forwarder(spool, publisher)  # type: ignore[arg-type]
+    forwarder.start()
+    wait_until(lambda: len(publisher.batches) == 1)
+    forwarder.stop(0.2)  # the broker never answered
+    spool.close()
+
+    reopened = Spool(tmp_path, 1 << 30, 1 << 30)
+    again = HandPublisher()
+    forwarder = Forwarder(reopened, again)  # type: ignore[arg-type]
+    forwarder.start()
+    wait_until(lambda: len(again.batches) == 1)
+    assert again.values() == [b"value-0", b"value-1", b"value-2"]
+    HandPublisher.answer(again.batches[0])
+    wait_until(lambda: reopened.acked_below == 3)
+    forwarder.stop(1)
+    reopened.close()
+
+
+def test_a_record_spooled_past_its_deadline_is_sent_only_if_its_first_attempt_fails(tmp_path):
+    landed = Batch([message(0)])  # first attempts still in kafka-python when the deadline passed
+    refused = Batch([message(1)])
+    spool = spool_with(tmp_path, 3, after0=landed, after1=refused)
+    publisher = HandPublisher()
+    forwarder = Forwarder(spool, publisher)  # type: ignore[arg-type]
+    forwarder.start()
+    wait_until(lambda: len(publisher.batches) == 1)
+    assert publisher.values() == [b"value-2"], "records with an attempt in flight wait for its outcome"
+    HandPublisher.answer(publisher.batches[0])
+    HandPublisher.answer(landed)
+    HandPublisher.answer(refused, failed=[0])
+    wait_until(lambda: len(publisher.batches) == 2)
+    assert publisher.values() == [b"value-2", b"value-1"]
+    HandPublisher.answer(publisher.batches[1])
+    wait_until(lambda: spool.acked_below == 3)
+    forwarder.stop(1)
+    spool.close()

@@ -1,0 +1,117 @@
+"""Which provider events were already accepted, so a provider's retry is answered 2xx and not published again.
+
+A provider that did not see our 2xx (a timeout, a dropped connection) sends the same event
+again, ZignSec for up to 48 hours.  An event is remembered only once it is durably
+accepted (acked by the broker or synced to the spool): a request answered 503 leaves no
+trace, so its retry is a first attempt, not a duplicate.
+
+The key is 8 bytes of BLAKE2b over ``provider NUL event id`` (a false match needs ~2^32
+remembered ids).  In memory: key -> expiry, oldest first, at most ``max_entries``.  On
+disk, in the process's spool slot: ``dedup.log`` and ``dedup.old``, 12-byte records (key,
+u32 expiry).  Each mark is written before the 2xx is sent, so a killed process forgets
+nothing (the page cache keeps the write); files are synced at close, so a power loss can
+forget the last seconds, which at worst publishes a retried event twice.  When
+``dedup.log`` holds ``max_entries / 2`` records it replaces ``dedup.old``: the disk holds
+at most ``max_entries`` records and always the newest ``max_entries / 2``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import struct
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+log = logging.getLogger("webhookbus.dedup")
+
+_RECORD = struct.Struct("<8sI")
+CURRENT, OLD = "dedup.log", "dedup.old"
+
+
+def dedup_key(provider: str, event_id: str) -> bytes:
+    return hashlib.blake2b(f"{provider}\0{event_id}".encode(), digest_size=8).digest()
+
+
+class DedupStore:
+    """Owned by the event loop's thread: ``seen`` and ``mark`` are plain calls, no locking."""
+
+    def __init__(self, slot: Path, max_entries: int) -> None:
+        self.slot = slot
+        self.max_entries = max_entries
+        self._expiry: dict[bytes, int] = {}
+        self._warned_at = 0.0
+        now = time.time()
+        for name in (OLD, CURRENT):
+            self._load(slot / name, now)
+        self._evict(now)
+        self._fd = os.open(slot / CURRENT, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        size = os.fstat(self._fd).st_size
+        if size % _RECORD.size:  # a torn last record from a crash
+            os.ftruncate(self._fd, size - size % _RECORD.size)
+        self._written = size // _RECORD.size
+
+    def _load(self, path: Path, now: float) -> None:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return
+        expiry = self._expiry
+        for key, expires in _RECORD.iter_unpack(data[: len(data) - len(data) % _RECORD.size]):
+            if expires > now:
+                expiry.pop(key, None)
+                expiry[key] = expires
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def seen(self, key: bytes, now: float) -> bool:
+        expires = self._expiry.get(key)
+        return expires is not None and expires > now
+
+    def mark(self, keys: Iterable[bytes], expires: float) -> None:
+        """Remember ``keys`` until ``expires`` (unix seconds), in memory and on disk."""
+        when = int(expires) + 1
+        records = []
+        for key in keys:
+            self._expiry.pop(key, None)
+            self._expiry[key] = when
+            records.append(_RECORD.pack(key, when))
+        if not records:
+            return
+        try:
+            os.write(self._fd, b"".join(records))
+        except OSError as exc:  # the events are accepted: a lost mark costs at most a second copy
+            log.error("dedup store write failed", extra={"reason": exc.strerror or type(exc).__name__})
+        self._written += len(records)
+        if self._written >= self.max_entries // 2:
+            self._rotate()
+        self._evict(time.time())
+
+    def _evict(self, now: float) -> None:
+        """Drop expired entries from the front, and the oldest beyond ``max_entries``."""
+        expiry = self._expiry
+        while expiry:
+            key = next(iter(expiry))
+            expires = expiry[key]
+            if expires > now and len(expiry) <= self.max_entries:
+                return
+            del expiry[key]
+            if expires > now and now - self._warned_at > 3600:
+                self._warned_at = now
+                log.warning("dedup store full: forgetting event ids before their window ends; raise spool.dedup_max_entries",
+                            extra={"max_entries": self.max_entries, "seconds_left": int(expires - now)})
+
+    def _rotate(self) -> None:
+        os.close(self._fd)
+        os.replace(self.slot / CURRENT, self.slot / OLD)
+        self._fd = os.open(self.slot / CURRENT, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._written = 0
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1

@@ -1,0 +1,144 @@
+"""When a verified request may be answered 2xx: dedup, then the provider's acknowledgement mode.
+
+- ``ack: broker``: 2xx once the broker acked every routed message.  Past the deadline the
+  messages go to the spool (2xx once synced) or, with ``on_broker_timeout: reject``, the
+  answer is 503 + Retry-After and the provider retries.
+- ``ack: spool``: 2xx once the messages are synced to the spool; the forwarder ships them.
+
+An event id the provider gave is remembered only after its messages were durably
+accepted, and a second request with the same id waits for the first: it is answered 2xx
+without publishing if the first succeeded, and tried afresh if the first failed.
+README, "What a 2xx means", states the resulting guarantees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from webhookbus.config import Config, Provider
+from webhookbus.dedup import DedupStore, dedup_key
+from webhookbus.events import CloudEvent
+from webhookbus.forward import Forwarder
+from webhookbus.publish import Batch, PublishFailed, Publisher
+from webhookbus.routing import KafkaMessage, messages_for
+from webhookbus.spool import Spool, SpoolError, SpoolFull
+
+log = logging.getLogger("webhookbus.delivery")
+
+
+class Refused(Exception):
+    """Not accepted this time: answer 503 with Retry-After so the provider tries again."""
+
+    status = 503
+
+    def __init__(self, error: str, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.error, self.detail, self.retry_after = error, detail, retry_after
+
+
+class Delivery:
+    """Owns the publisher, the spool with its forwarder, and the dedup store of one process.
+
+    ``start`` and ``close`` run at lifespan startup and shutdown; ``accept`` is awaited by
+    request handlers, all on the event loop's thread.
+    """
+
+    def __init__(self, config: Config, publisher: Publisher | None = None) -> None:
+        self.config = config
+        self.settings = config.settings
+        self.publisher = publisher or Publisher(config.settings.kafka)
+        self.spool: Spool | None = None
+        self.dedup: DedupStore | None = None
+        self.forwarder: Forwarder | None = None
+        self._claims: dict[bytes, asyncio.Future[bool]] = {}
+
+    def start(self) -> None:
+        """Open the spool (resuming what a previous run left) and start the threads."""
+        self.publisher.start()
+        spool = self.settings.spool
+        self.spool = Spool(spool.directory, spool.max_bytes, spool.segment_bytes)
+        self.spool.start()
+        self.dedup = DedupStore(self.spool.slot, spool.dedup_max_entries)
+        window = min(2000, max(1, self.settings.kafka.max_in_flight_records // 2))
+        self.forwarder = Forwarder(self.spool, self.publisher, batch_records=min(500, window), window=window)
+        self.forwarder.start()
+        log.info("spool open", extra={"slot": str(self.spool.slot), "records_to_forward": self.spool.depth(),
+                                      "event_ids_remembered": len(self.dedup)})
+
+    async def close(self, timeout: float) -> None:
+        """Sync the spool, let the forwarder finish what it sent, then flush the producer."""
+        if self.spool is not None:
+            await self.spool.stop_writing()
+        if self.forwarder is not None:
+            await asyncio.to_thread(self.forwarder.stop, timeout)
+        if self.dedup is not None:
+            self.dedup.close()
+        await self.publisher.close(timeout)
+        if self.spool is not None:
+            self.spool.close()
+            log.info("spool closed", extra={"slot": str(self.spool.slot), "records_to_forward": self.spool.depth()})
+
+    async def accept(self, provider: Provider, given_ids: Sequence[str | None], events: Sequence[CloudEvent],
+                     fields: dict[str, Any]) -> None:
+        """Return when the events may be answered 2xx; raise :class:`Refused` when not."""
+        assert self.dedup is not None, "Delivery.start() was not called"
+        window = provider.settings.dedup_window
+        keys = [dedup_key(provider.name, event.id) if window and given is not None else None
+                for given, event in zip(given_ids, events)]
+        while waits := {self._claims[key] for key in keys if key is not None and key in self._claims}:
+            await asyncio.wait(waits)  # a request for the same event is in flight: learn its outcome
+        now = time.time()
+        fresh = [i for i, key in enumerate(keys) if key is None or not self.dedup.seen(key, now)]
+        if len(fresh) < len(events):
+            fields["duplicates"] = [events[i].id for i in range(len(events)) if i not in fresh]
+            if not fresh:
+                return
+        messages = [message for i in fresh for message in messages_for(self.settings, events[i])]
+        fields["topics"] = sorted({m.topic for m in messages})
+        if not messages:
+            fields["unrouted"] = True
+        claimed = [key for i in fresh if (key := keys[i]) is not None]
+        claim = asyncio.get_running_loop().create_future() if claimed else None
+        for key in claimed:
+            self._claims[key] = claim  # type: ignore[assignment]
+        accepted = False
+        try:
+            await self._store(provider, messages, fields)
+            accepted = True
+            self.dedup.mark(claimed, now + window)
+        finally:
+            if claim is not None:
+                for key in claimed:
+                    if self._claims.get(key) is claim:
+                        del self._claims[key]
+                claim.set_result(accepted)
+
+    async def _store(self, provider: Provider, messages: list[KafkaMessage], fields: dict[str, Any]) -> None:
+        if not messages:
+            return
+        settings = provider.settings
+        if settings.ack == "spool":
+            await self._spool(messages, None)
+            fields["spooled"] = True
+            return
+        timeout = self.config.publish_timeout(provider.name)
+        try:
+            await self.publisher.publish(messages, timeout)
+        except PublishFailed as exc:
+            if settings.on_broker_timeout == "reject":
+                raise Refused("broker_unavailable", exc.reason, max(1, round(timeout))) from None
+            await self._spool(messages, exc.in_flight)
+            fields["spooled"] = exc.reason
+
+    async def _spool(self, messages: list[KafkaMessage], after: Batch | None) -> None:
+        assert self.spool is not None
+        try:
+            await self.spool.append(messages, after)
+        except SpoolFull:
+            raise Refused("spool_full", "the local spool is full", 5) from None
+        except SpoolError as exc:
+            raise Refused("spool_unavailable", exc.reason, 5) from None

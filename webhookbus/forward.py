@@ -1,0 +1,172 @@
+"""The forwarder: ships spooled records to Kafka in arrival order and releases what was acked.
+
+It runs on its own thread and talks to the publisher thread directly, so spooled traffic
+costs the event loop nothing after the sync.  Records go out in batches, at most
+``window`` unacknowledged at a time (memory stays flat however long the broker is away);
+a record is released from the spool only after the broker acked it, so a crash anywhere
+means sending it again (at-least-once), never losing it.  A record the broker refused is
+sent again after a growing pause, behind the records already on their way: order is kept
+except across such a failure.  A record spooled because its request passed the deadline
+while kafka-python already had it is not sent again unless that first attempt fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from functools import partial
+
+from webhookbus.publish import Batch, Publisher
+from webhookbus.spool import Spool, SpooledRecord
+
+log = logging.getLogger("webhookbus.forward")
+
+MAX_BACKOFF = 5.0
+
+
+class Forwarder:
+    def __init__(self, spool: Spool, publisher: Publisher, batch_records: int = 500, window: int = 2000) -> None:
+        self.spool = spool
+        self.publisher = publisher
+        self.batch_records = batch_records
+        self.window = max(window, batch_records)
+        self._cond = threading.Condition()
+        self._position = spool.start_position()
+        self._acked_below = spool.acked_below
+        self._acked: set[int] = set()
+        self._outstanding = 0
+        self._retry: deque[SpooledRecord] = deque()
+        self._retry_at = 0.0
+        self._backoff = 0.0
+        self._readable = True
+        self._acks_changed = False
+        self._draining = False
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        spool.on_durable = self._wake
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="webhookbus-forwarder", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        """Send nothing new, give what is on its way ``timeout`` seconds, record the acks."""
+        if self._thread is None:
+            return
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._draining = True
+            while self._outstanding and (left := deadline - time.monotonic()) > 0:
+                self._cond.wait(left)
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout=5)
+        self._thread = None
+        self._release()
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._readable = True
+            self._cond.notify_all()
+
+    # -- the forwarder thread --------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and (wait := self._idle_for()) is not None:
+                    self._cond.wait(wait)
+                if self._stopping:
+                    return
+                retry: list[SpooledRecord] = []
+                if self._retry and not self._draining and time.monotonic() >= self._retry_at:
+                    while self._retry and len(retry) < self.batch_records:
+                        retry.append(self._retry.popleft())
+                room = self.window - self._outstanding
+                read = not retry and not self._draining and self._readable and room > 0
+                self._acks_changed = False
+            if retry:
+                self._send(retry)
+            elif read:
+                want = min(self.batch_records, room)
+                records, missing = self.spool.read(self._position, want)
+                with self._cond:
+                    self._readable = len(records) == want
+                    for lost in missing:
+                        self._acked.update(seq for seq in lost if seq >= self._acked_below)
+                self._send([r for r in records if r.seq >= self._acked_below])
+            self._release()
+
+    def _idle_for(self) -> float | None:
+        """None when there is work; else how long to sleep (caller holds the condition)."""
+        if self._acks_changed:
+            return None
+        now = time.monotonic()
+        if self._retry and not self._draining:
+            if now >= self._retry_at:
+                return None
+            return self._retry_at - now
+        if not self._draining and self._readable and self._outstanding < self.window:
+            return None
+        return 1.0
+
+    def _send(self, records: list[SpooledRecord]) -> None:
+        if not records:
+            return
+        plain: list[SpooledRecord] = []
+        linked: list[tuple[SpooledRecord, Batch, int]] = []
+        for record in records:
+            link = self.spool.linked.pop(record.seq, None)
+            if link is None:
+                plain.append(record)
+            else:
+                linked.append((record, *link))
+        with self._cond:
+            self._outstanding += len(records)
+        for record, batch, index in linked:
+            self.publisher.when_done(batch, partial(self._original_done, record, index))
+        if plain:
+            self.publisher.submit([r.message for r in plain], partial(self._sent, plain))
+
+    def _sent(self, records: list[SpooledRecord], batch: Batch) -> None:
+        # On kafka-python's I/O thread (or the publisher's): bookkeeping only.
+        failed = set(batch.failed)
+        with self._cond:
+            self._outstanding -= len(records)
+            for index, record in enumerate(records):
+                if index in failed:
+                    self._retry.append(record)
+                else:
+                    self._acked.add(record.seq)
+            if failed:
+                self._backoff = min(MAX_BACKOFF, max(0.1, self._backoff * 2))
+                self._retry_at = time.monotonic() + self._backoff
+            else:
+                self._backoff = 0.0
+            self._acks_changed = True
+            self._cond.notify_all()
+        if failed:
+            log.warning("spool: forwarding failed, will retry",
+                        extra={"reason": batch.error, "records": len(failed), "retry_in_s": round(self._backoff, 2)})
+
+    def _original_done(self, record: SpooledRecord, index: int, batch: Batch) -> None:
+        """The first attempt of a record spooled past its deadline has an outcome."""
+        with self._cond:
+            self._outstanding -= 1
+            if index in batch.failed:
+                self._retry.append(record)
+            else:
+                self._acked.add(record.seq)
+            self._acks_changed = True
+            self._cond.notify_all()
+
+    def _release(self) -> None:
+        with self._cond:
+            below = self._acked_below
+            while below in self._acked:
+                self._acked.remove(below)
+                below += 1
+            self._acked_below = below
+        self.spool.release(below)

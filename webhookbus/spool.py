@@ -1,0 +1,488 @@
+"""The local durable spool: what a 2xx stands on when Kafka has not acknowledged (yet).
+
+Append-only segment files, written by one thread with group commit: requests that arrive
+while an ``fdatasync`` is running share the next one, so under load one sync covers many
+requests and the cost per request stays small.  A request's future resolves only after
+the sync that covered its records.  Why files and not SQLite: README, "What a 2xx means".
+
+On disk, one directory per process ("slot", claimed with ``flock`` so several workers can
+share ``spool.directory``)::
+
+    <directory>/<slot>/lock                  owner pid; flock'd while a process uses the slot
+    <directory>/<slot>/cursor                every record below this sequence number is acked
+    <directory>/<slot>/<first seq>.seg       frames, appended; deleted once all are acked
+
+A frame is ``<u32 length><u32 CRC-32><payload>``; the payload holds the sequence number,
+the acceptance time and one Kafka record exactly as it will be produced (no re-encoding).
+Only the segment being written can end in a torn frame (``kill -9``, power loss): recovery
+keeps the whole frames before it and cuts the rest, so half a record is never forwarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import queue
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from webhookbus.routing import KafkaMessage
+
+if TYPE_CHECKING:
+    from webhookbus.publish import Batch
+
+log = logging.getLogger("webhookbus.spool")
+
+_FRAME = struct.Struct("<II")  # payload length, CRC-32 of the payload
+_HEAD = struct.Struct("<QdHiIH")  # seq, accepted_at, topic length, key length (-1: none), value length, header count
+_HEADER = struct.Struct("<HI")  # header name length, value length
+MAX_FRAME = 256 << 20  # a length field above this is damage, not a record
+MAX_SLOTS = 64
+
+
+class SpoolFull(Exception):
+    """The spool reached ``spool.max_bytes``: answer 503 and let the provider retry."""
+
+
+class SpoolError(Exception):
+    """The disk refused a write or a sync; ``reason`` is safe to log."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledRecord:
+    seq: int
+    accepted_at: float
+    message: KafkaMessage
+
+
+def encode(seq: int, accepted_at: float, message: KafkaMessage) -> bytes:
+    """One frame: header, CRC and the record's bytes as routing produced them."""
+    topic = message.topic.encode()
+    key = message.key
+    parts = [
+        _HEAD.pack(seq, accepted_at, len(topic), -1 if key is None else len(key), len(message.value), len(message.headers)),
+        topic, key or b"", message.value,
+    ]
+    for name, value in message.headers:
+        raw_name = name.encode()
+        parts += [_HEADER.pack(len(raw_name), len(value)), raw_name, value]
+    payload = b"".join(parts)
+    return _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def decode(payload: bytes) -> SpooledRecord:
+    seq, accepted_at, topic_len, key_len, value_len, header_count = _HEAD.unpack_from(payload)
+    at = _HEAD.size
+    topic = payload[at:at + topic_len].decode()
+    at += topic_len
+    key = None if key_len < 0 else payload[at:at + key_len]
+    at += max(key_len, 0)
+    value = payload[at:at + value_len]
+    at += value_len
+    headers: list[tuple[str, bytes]] = []
+    for _ in range(header_count):
+        name_len, header_len = _HEADER.unpack_from(payload, at)
+        at += _HEADER.size
+        headers.append((payload[at:at + name_len].decode(), payload[at + name_len:at + name_len + header_len]))
+        at += name_len + header_len
+    return SpooledRecord(seq, accepted_at, KafkaMessage(topic, key, value, headers, "spool"))
+
+
+def read_frames(path: Path, offset: int = 0, limit: int | None = None,
+                max_records: int | None = None) -> tuple[list[SpooledRecord], int, bool]:
+    """Whole, intact records of one segment from ``offset`` (up to byte ``limit``).
+
+    Returns the records, the offset after the last one, and whether a torn or damaged
+    frame stopped the read (``False`` at a clean end of the file or of ``limit``).
+    """
+    records: list[SpooledRecord] = []
+    with open(path, "rb", buffering=1 << 20) as file:
+        file.seek(offset)
+        while max_records is None or len(records) < max_records:
+            if limit is not None and offset >= limit:
+                return records, offset, False
+            head = file.read(_FRAME.size)
+            if not head:
+                return records, offset, False
+            if len(head) < _FRAME.size:
+                return records, offset, True
+            length, crc = _FRAME.unpack(head)
+            payload = file.read(length) if length <= MAX_FRAME else b""
+            if len(payload) != length or length < _HEAD.size or zlib.crc32(payload) != crc:
+                return records, offset, True
+            try:
+                records.append(decode(payload))
+            except (struct.error, UnicodeDecodeError):
+                return records, offset, True
+            offset += _FRAME.size + length
+    return records, offset, False
+
+
+def segment_path(slot: Path, first_seq: int) -> Path:
+    return slot / f"{first_seq:020d}.seg"
+
+
+def list_segments(slot: Path) -> list[int]:
+    """First sequence numbers of the slot's segments, in order."""
+    return sorted(int(p.stem) for p in slot.glob("*.seg") if p.stem.isdigit())
+
+
+def read_cursor(slot: Path) -> int:
+    """The acked-below mark; 0 (forward everything again: at-least-once) if unreadable."""
+    try:
+        return int((slot / "cursor").read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def slot_owner(slot: Path) -> int | None:
+    """The pid of the live process using ``slot``, if any."""
+    try:
+        pid = int((slot / "lock").read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def claim_slot(directory: Path) -> tuple[Path, int]:
+    """Lock the lowest free slot under ``directory``; returns it and the lock's fd."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for index in range(MAX_SLOTS):
+        slot = directory / str(index)
+        slot.mkdir(exist_ok=True)
+        fd = os.open(slot / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        return slot, fd
+    raise SpoolError(f"all {MAX_SLOTS} spool slots under {directory} are in use")
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _Append:
+    __slots__ = ("messages", "after", "future", "size")
+
+    def __init__(self, messages: Sequence[KafkaMessage], after: Batch | None,
+                 future: asyncio.Future[None], size: int) -> None:
+        self.messages, self.after, self.future, self.size = messages, after, future, size
+
+
+@dataclass(slots=True)
+class Position:
+    """Where a reader is: segment (by first seq), byte offset in it, next expected seq."""
+
+    segment: int
+    offset: int
+    next_seq: int
+
+
+class Spool:
+    """One slot's segments: appended from the event loop, read and released by the forwarder.
+
+    ``append`` is the coroutine request handlers await; ``read`` and ``release`` are called
+    from the forwarder thread; ``on_durable`` (set by the forwarder) runs on the writer
+    thread after each sync.  ``linked`` maps a sequence number to the in-flight publisher
+    batch (and index) that may deliver the same record, so the forwarder can wait for it.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], max_bytes: int, segment_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes
+        self.slot, self._lock_fd = claim_slot(Path(directory))
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[_Append | None] = queue.SimpleQueue()
+        self._queued_bytes = 0
+        self.linked: dict[int, tuple[Batch, int]] = {}
+        self.on_durable: Callable[[], None] = lambda: None
+        self._fd: int | None = None
+        self._active: int | None = None  # first seq of the segment being written
+        self._active_size = 0
+        self.acked_below = read_cursor(self.slot)
+        self._segments, self.next_seq = self._recover()
+        self.bytes = sum(segment_path(self.slot, s).stat().st_size for s in self._segments)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def _recover(self) -> tuple[list[int], int]:
+        """Cut a torn tail off the last segment; the next sequence number follows its last record."""
+        segments = list_segments(self.slot)
+        next_seq = self.acked_below
+        if segments:
+            last = segments[-1]
+            path = segment_path(self.slot, last)
+            records, end, torn = read_frames(path)
+            if torn:
+                log.warning("spool: cut a torn record off the last segment",
+                            extra={"segment": path.name, "kept_records": len(records),
+                                   "cut_bytes": path.stat().st_size - end})
+                os.truncate(path, end)
+            if records:
+                next_seq = max(next_seq, records[-1].seq + 1)
+            else:
+                path.unlink()
+                segments.pop()
+                next_seq = max(next_seq, last)
+        return segments, next_seq
+
+    # -- the event loop's side ----------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._write_loop, name="webhookbus-spool", daemon=True)
+        self._thread.start()
+
+    async def append(self, messages: Sequence[KafkaMessage], after: Batch | None = None) -> None:
+        """Return once ``messages`` are on disk and synced; :class:`SpoolFull` / :class:`SpoolError` otherwise."""
+        assert self._loop is not None, "Spool.start() was not called"
+        size = sum(_FRAME.size + _HEAD.size + len(m.topic) + len(m.key or b"") + len(m.value) + 64 for m in messages)
+        with self._lock:
+            if self.bytes + self._queued_bytes + size > self.max_bytes:
+                raise SpoolFull(f"spool holds {self.bytes} bytes, the limit is {self.max_bytes}")
+            self._queued_bytes += size
+        future = self._loop.create_future()
+        self._queue.put(_Append(messages, after, future, size))
+        await future
+
+    async def stop_writing(self) -> None:
+        """Write and sync what is queued; later appends would wait forever."""
+        if self._thread is not None:
+            self._queue.put(None)
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def close(self) -> None:
+        """Release the slot (after the forwarder stopped: another process may take it)."""
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    # -- the writer thread ----------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        while (first := self._queue.get()) is not None:
+            group = [first]
+            stop = False
+            while True:  # everything that arrived during the previous sync shares this one
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                group.append(item)
+            self._commit(group)
+            if stop:
+                break
+
+    def _commit(self, group: list[_Append]) -> None:
+        error: Exception | None = None
+        try:
+            fd = self._fd if self._fd is not None else self._open_segment()
+            now = time.time()
+            frames: list[bytes] = []
+            links: dict[int, tuple[Batch, int]] = {}
+            seq = self.next_seq
+            for item in group:
+                for index, message in enumerate(item.messages):
+                    frames.append(encode(seq, now, message))
+                    if item.after is not None:
+                        links[seq] = (item.after, index)
+                    seq += 1
+            data = b"".join(frames)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fdatasync(fd)
+        except OSError as exc:
+            error = SpoolError(f"spool write failed: {exc.strerror or type(exc).__name__}")
+            log.error("spool write failed", extra={"reason": exc.strerror or type(exc).__name__, "slot": str(self.slot)})
+            self._abandon_segment()
+        with self._lock:
+            self._queued_bytes -= sum(item.size for item in group)
+            if error is None:
+                self.linked.update(links)
+                self.next_seq = seq
+                self._active_size += len(data)
+                self.bytes += len(data)
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(_settle, [item.future for item in group], error)
+        except RuntimeError:  # loop closed: nobody waits any more
+            pass
+        if error is None:
+            self.on_durable()
+            if self._active_size >= self.segment_bytes:
+                self._roll()
+
+    def _open_segment(self) -> int:
+        path = segment_path(self.slot, self.next_seq)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        _fsync_directory(self.slot)
+        with self._lock:
+            self._active, self._active_size = self.next_seq, 0
+            self._segments.append(self.next_seq)
+        return self._fd
+
+    def _roll(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = None
+        with self._lock:
+            self._active = None
+
+    def _abandon_segment(self) -> None:
+        """After a failed write the segment's tail is unknown: cut it back and start a new one."""
+        if self._fd is not None and self._active is not None:
+            try:
+                os.ftruncate(self._fd, self._active_size)
+            except OSError:
+                pass  # the reader stops at the damaged frame and moves to the next segment
+        self._roll()
+
+    # -- the forwarder's side --------------------------------------------------------------
+
+    def start_position(self) -> Position:
+        with self._lock:
+            segments = list(self._segments)
+        below = [s for s in segments if s <= self.acked_below]
+        first = below[-1] if below else (segments[0] if segments else self.next_seq)
+        return Position(first, 0, first)
+
+    def read(self, position: Position, max_records: int) -> tuple[list[SpooledRecord], list[range]]:
+        """Durable records from ``position`` on (which it advances), and ranges found missing.
+
+        A missing range is what a damaged segment held: it cannot be sent, so the caller
+        releases it (and the loss is logged here).
+        """
+        records: list[SpooledRecord] = []
+        missing: list[range] = []
+        while len(records) < max_records:
+            with self._lock:
+                segments = list(self._segments)
+                active, durable = self._active, self._active_size
+                next_seq = self.next_seq
+            if position.segment not in segments:
+                later = [s for s in segments if s > position.segment]
+                if not later:
+                    break
+                position.segment, position.offset = later[0], 0
+            limit = durable if position.segment == active else None
+            found, position.offset, damaged = read_frames(
+                segment_path(self.slot, position.segment), position.offset, limit, max_records - len(records))
+            if found:
+                records += found
+                position.next_seq = found[-1].seq + 1
+            if len(records) >= max_records or position.segment == active:
+                break
+            later = [s for s in segments if s > position.segment]
+            end = later[0] if later else next_seq
+            if position.next_seq < end and (damaged or later):
+                log.error("spool: records lost to a damaged segment",
+                          extra={"segment": position.segment, "first_seq": position.next_seq, "records": end - position.next_seq})
+                missing.append(range(position.next_seq, end))
+                position.next_seq = end
+            if not later:
+                break
+            position.segment, position.offset = later[0], 0
+        return records, missing
+
+    def release(self, acked_below: int) -> None:
+        """Everything below ``acked_below`` reached Kafka: record it and delete spent segments."""
+        if acked_below <= self.acked_below:
+            return
+        self.acked_below = acked_below
+        tmp = self.slot / "cursor.tmp"
+        tmp.write_text(str(acked_below))
+        os.replace(tmp, self.slot / "cursor")
+        with self._lock:
+            segments, active, next_seq = list(self._segments), self._active, self.next_seq
+        spent = [s for s, end in zip(segments, segments[1:] + [next_seq]) if s != active and end <= acked_below]
+        for first in spent:
+            path = segment_path(self.slot, first)
+            size = path.stat().st_size
+            path.unlink()
+            with self._lock:
+                self._segments.remove(first)
+                self.bytes -= size
+
+    def depth(self) -> int:
+        """Records written and not yet acked."""
+        with self._lock:
+            return self.next_seq - self.acked_below
+
+
+def _settle(futures: list[asyncio.Future[None]], error: Exception | None) -> None:
+    for future in futures:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+
+
+@dataclass(frozen=True)
+class SlotStatus:
+    slot: str
+    owner: int | None
+    records: int
+    bytes: int
+    oldest: float | None
+
+
+def slot_status(slot: Path) -> SlotStatus:
+    """Depth, size and oldest unacked record of one slot, read without disturbing its owner."""
+    acked_below = read_cursor(slot)
+    segments = list_segments(slot)
+    size = 0
+    for first in segments:
+        try:
+            size += segment_path(slot, first).stat().st_size
+        except FileNotFoundError:
+            pass
+    start = [s for s in segments if s <= acked_below][-1:] or segments[:1]
+    records, oldest = 0, None
+    for first in segments[segments.index(start[0]):] if start else []:
+        try:
+            found, _, _ = read_frames(segment_path(slot, first))
+        except FileNotFoundError:  # released by its owner meanwhile
+            continue
+        pending = [r for r in found if r.seq >= acked_below]
+        if pending and oldest is None:
+            oldest = pending[0].accepted_at
+        records += len(pending)
+    return SlotStatus(slot.name, slot_owner(slot), records, size, oldest)
+
+
+def spool_status(directory: str | os.PathLike[str]) -> list[SlotStatus]:
+    root = Path(directory)
+    slots = sorted((p for p in root.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)) if root.is_dir() else []
+    return [slot_status(slot) for slot in slots]
