@@ -1,4 +1,4 @@
-"""``webhookbus`` command line: serve, check, dev, sign, tail, plugins, schema."""
+"""``webhookbus`` command line: serve, check, dev, sign, tail, plugins, schema, spool status."""
 
 from __future__ import annotations
 
@@ -252,6 +252,28 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_spool_status(args: argparse.Namespace) -> int:
+    """Depth and age of each spool slot; reads only the ``spool`` section (no secrets needed)."""
+    import yaml
+
+    from webhookbus.spool import spool_status
+
+    directory = args.directory
+    if directory is None:
+        try:
+            raw = yaml.safe_load(Path(args.config).read_text()) or {}
+            directory = Settings(spool=raw.get("spool") or {}).spool.directory
+        except (OSError, yaml.YAMLError, ValueError) as exc:
+            return _fail(f"cannot read the spool section of {args.config}: {exc}")
+    slots = spool_status(directory)
+    print(f"spool {Path(directory).resolve()}: {sum(s.records for s in slots)} record(s) to forward")
+    for slot in slots:
+        owner = f"in use by pid {slot.owner}" if slot.owner else "idle (no process)"
+        age = f", oldest {time.time() - slot.oldest:.1f} s old" if slot.oldest is not None else ""
+        print(f"  slot {slot.slot:<3} {owner:<24} {slot.records} record(s), {slot.bytes} bytes on disk{age}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="webhookbus", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -289,6 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     plugins = command("plugins", cmd_plugins, "list installed verifier plugins and their options")
     plugins.add_argument("--schema", metavar="NAME", help="print the JSON Schema of one plugin's options")
     command("schema", cmd_schema, "print the JSON Schema of the config file, installed plugins' options included")
+    spool = commands.add_parser("spool", help="inspect the local spool").add_subparsers(dest="spool_command", required=True)
+    status = spool.add_parser("status", help="records waiting to be forwarded, per slot, and the oldest one's age")
+    status.set_defaults(handler=cmd_spool_status)
+    status.add_argument("--config", default=DEFAULT_CONFIG)
+    status.add_argument("--directory", help="the spool directory (default: spool.directory from the config)")
     args = parser.parse_args(argv)
     return int(args.handler(args))
 
