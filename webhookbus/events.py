@@ -85,7 +85,8 @@ def normalize(request: InboundRequest, verifier: str, event: ProviderEvent) -> C
         subject=event.subject,
         time=event.time or request.received_at,
         data=event.data,
-        extensions={"receivedtime": rfc3339(request.received_at), "verifier": verifier, **event.extensions},
+        # The plugin's extensions first: it may add attributes, never overwrite ours.
+        extensions={**event.extensions, "receivedtime": rfc3339(request.received_at), "verifier": verifier},
         raw_body=request.body,
     )
 
