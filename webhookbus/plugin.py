@@ -42,12 +42,9 @@ class VerifierOptions(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class InboundRequest:
-    """One HTTP request as it arrived, before anything trusted it.
-
-    ``headers`` keys are lower-case; a repeated header keeps its first value.
-    ``path`` is the percent-decoded path and ``query`` the raw query string, so
-    ``raw_target`` rebuilds what the provider signed.
-    """
+    """One HTTP request as it arrived, before anything trusted it.  ``headers`` keys are
+    lower-case (a repeated header keeps its first value); ``path`` is percent-decoded,
+    ``raw_path`` as sent, ``query`` raw; ``tls_peer`` is ``{"subject": ...}`` when known."""
 
     provider: str
     method: str
@@ -115,12 +112,11 @@ class Accepted:
     def __init__(self, *events: ProviderEvent, response: Response | None = None) -> None:
         if not events:
             raise ValueError("Accepted needs at least one event")
-        self.events: tuple[ProviderEvent, ...] = events
-        self.response = response
+        self.events, self.response = events, response
 
 
 class WebhookError(Exception):
-    """Base of the errors a verifier raises; the class decides the HTTP status."""
+    """Base of the errors a verifier raises; the class decides the HTTP status (4xx/5xx only)."""
 
     status: ClassVar[int] = 400
     error: ClassVar[str] = "bad_request"
