@@ -234,15 +234,16 @@ def cmd_dev(args: argparse.Namespace) -> int:
     try:
         config = _load(args.config)
         url = base_url(config.settings.server)
+        exe = os.path.relpath(sys.argv[0]) if os.path.sep in sys.argv[0] else "webhookbus"
         print(f"broker on {broker.bootstrap}; listener on {url}\n")
         for provider in config.providers.values():
             sample = sample_request(provider)
             if sample is not None:
-                print(f"# {provider.name} (timestamps are checked: sign afresh with "
-                      f"`webhookbus sign --config {args.config} --provider {provider.name} --dev-secrets --send`)")
+                print(f"# {provider.name}; a freshly signed one (some schemes expire in seconds): "
+                      f"{exe} sign --config {args.config} --provider {provider.name} --dev-secrets --send")
                 print(f"{sample.curl(url)}\n")
         print(f"read the events: WEBHOOKBUS_KAFKA__BOOTSTRAP_SERVERS={broker.bootstrap} "
-              f"webhookbus tail --config {args.config} --topic <topic> --from-beginning\n", flush=True)
+              f"{exe} tail --config {args.config} --topic <topic> --from-beginning\n", flush=True)
         log.configure(args.log_level)
         from webhookbus.server import serve
 

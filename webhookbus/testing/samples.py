@@ -11,8 +11,8 @@ A third-party plugin offers its own through the ``webhookbus.signers`` entry poi
 signer, or a dict of them), which is how ``webhookbus sign`` reaches it.
 
 TruValidate is the exception to "the sender signs with the provider's secret": the platform
-signs with its own RSA key.  :data:`DEV_PLATFORM_KEY` is a published, development-only key
-whose public half a dev config lists in ``platform_keys``; the provider's secret (the service's
+signs with its own RSA key.  :data:`DEV_PLATFORM_KEY` is a published, test-only key
+whose public half a test config lists in ``platform_keys`` (`make run` generates its own); the provider's secret (the service's
 private key) is only used to encrypt the ``authorization`` variant's body to.
 """
 
@@ -269,12 +269,13 @@ def _jwk(pem: bytes) -> Any:
 
 def _truvalidate(event: str) -> Signer:
     def sign(options: Any, secret: bytes, path: str, data: Any = None, *,
-             platform_key: bytes = DEV_PLATFORM_KEY, kid: str | None = None) -> SignedRequest:
+             platform_key: bytes | None = None, kid: str | None = None) -> SignedRequest:
         """TruValidate: an RS256 JWT from the platform binding method, path and SHA-256 of the body.
 
         ``secret`` is the service's key (private or public PEM): the ``authorization`` variant's
         body is a JWE (RSA-OAEP-256, A256GCM) encrypted to it, as the platform encrypts
-        authorization responses.  ``platform_key`` signs; ``kid`` overrides the key id.
+        authorization responses.  ``platform_key`` signs (default: see :func:`_platform_signing_key`);
+        ``kid`` overrides the key id.
         """
         from cryptography.hazmat.primitives import serialization
         from jwcrypto import jwe, jws
@@ -297,7 +298,7 @@ def _truvalidate(event: str) -> Signer:
                   "exp": now + 5, "jti": str(uuid.uuid4()),
                   "request": {"meth": "POST", "path": path, "func": "S256", "hash": hashlib.sha256(body).hexdigest()}}
         jwt = jws.JWS(_json(claims))
-        signer_key = _jwk(platform_key)
+        signer_key = _jwk(platform_key or _platform_signing_key(options))
         jwt.add_signature(signer_key, alg="RS256", protected={
             "alg": "RS256", "typ": "JWT", "kid": kid or _platform_kid(options, signer_key.get_op_key("sign"))})
         return SignedRequest("POST", path, {"Content-Type": content_type, "X-IOV-JWT": jwt.serialize(compact=True)}, body)
@@ -305,11 +306,23 @@ def _truvalidate(event: str) -> Signer:
     return sign
 
 
-def dev_platform_public_pem() -> bytes:
-    """The public half of :data:`DEV_PLATFORM_KEY`, for a development config's ``platform_keys``."""
+def _platform_signing_key(options: Any) -> bytes:
+    """``platform-signing.pem`` beside the first configured platform key, as `make run` writes it
+    (a key made on this machine, so nobody else can sign for its listener); else the published
+    :data:`DEV_PLATFORM_KEY` that tests configure."""
+    listed = options.platform_keys.values() if isinstance(options.platform_keys, dict) else options.platform_keys
+    for path in list(listed)[:1]:
+        beside = Path(path).with_name("platform-signing.pem")
+        if beside.exists():
+            return beside.read_bytes()
+    return DEV_PLATFORM_KEY
+
+
+def dev_platform_public_pem(private_pem: bytes = DEV_PLATFORM_KEY) -> bytes:
+    """The public half of a platform key (by default :data:`DEV_PLATFORM_KEY`), for ``platform_keys``."""
     from cryptography.hazmat.primitives import serialization
 
-    key = serialization.load_pem_private_key(DEV_PLATFORM_KEY, password=None)
+    key = serialization.load_pem_private_key(private_pem, password=None)
     return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
@@ -321,10 +334,13 @@ def _new_private_pem() -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
-# Key files config/webhookbus.yaml names (relative to where `make run` runs): the platform's public
-# key is DEV_PLATFORM_KEY's, so sample requests verify; the service key is generated once.
+# Key files config/webhookbus.yaml names (relative to where `make run` runs), generated once, in
+# this order: a platform signing key standing in for TruValidate's (the sample signer finds it
+# beside platform.pem), its public half, and the service's key.
 DEV_FILES: dict[str, Callable[[], bytes]] = {
-    ".dev/truvalidate/platform.pem": dev_platform_public_pem,
+    ".dev/truvalidate/platform-signing.pem": _new_private_pem,
+    ".dev/truvalidate/platform.pem": lambda: dev_platform_public_pem(
+        Path(".dev/truvalidate/platform-signing.pem").read_bytes()),
     ".dev/truvalidate/service.pem": _new_private_pem,
 }
 
