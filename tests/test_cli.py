@@ -137,7 +137,7 @@ def test_make_run_prints_a_working_curl_for_every_configured_provider(tmp_path):
             if not line:
                 break
             lines.append(line)
-        curls = {previous.split()[1]: line for previous, line in zip(lines, lines[1:]) if line.startswith("curl ")}
+        curls = {previous.split()[1].rstrip(";"): line for previous, line in zip(lines, lines[1:]) if line.startswith("curl ")}
         assert set(curls) == set(providers), "one signed curl per configured provider"
         statuses = {}
         for name, command in curls.items():
