@@ -165,6 +165,23 @@ def test_oversized_chunked_body_is_refused_while_reading(webhookbus_listener):
     assert json.loads(response.read())["error"] == "body_too_large"
 
 
+def test_body_trickling_past_request_timeout_gets_408(webhookbus_listener, kafka_broker, topic_name):
+    import socket
+
+    topic = topic_name()
+    listener = webhookbus_listener({**demo_config([{"topic": topic}]), "server": {"request_timeout": 1}})
+    body, headers = signed(EVENT)
+    with socket.create_connection(("127.0.0.1", listener.port), timeout=10) as sock:
+        head = f"POST {PATH} HTTP/1.1\r\nhost: x\r\ncontent-length: {len(body)}\r\nx-signature: {headers['x-signature']}\r\n\r\n"
+        sock.sendall(head.encode() + body[:10])  # the rest never comes
+        started = time.monotonic()
+        reply = sock.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 408"), reply
+    assert b'"request_timeout"' in reply
+    assert time.monotonic() - started < 5
+    assert read_topic(kafka_broker.bootstrap, topic, 1, timeout=1) == []
+
+
 def test_health_and_readiness(webhookbus_listener):
     listener = webhookbus_listener(demo_config([{"topic": "unused"}]))
     assert listener.post("/healthz", method="GET").json() == {"status": "ok"}
