@@ -91,11 +91,11 @@ class Run:
         return self._files[key]
 
     def webhookbus(self, name: str, bootstrap: str, topic: str, port: int, *, workers: int = 1, providers: int = 1,
-                   ack: str = "broker") -> Server:
+                   ack: str = "broker", loop: str = "auto") -> Server:
         paths = ["/webhooks/uip"] if providers == 1 else [f"/webhooks/uip-{i}" for i in range(providers)]
         names = [path.rsplit("/", 1)[1] for path in paths]
         settings: dict[str, Any] = {
-            "server": {"host": "127.0.0.1", "port": port, "workers": workers},
+            "server": {"host": "127.0.0.1", "port": port, "workers": workers, "loop": loop},
             "kafka": {"bootstrap_servers": [bootstrap]},
             "providers": {n: {"verifier": "uip", "path": p, "secrets": [f"env:{SECRET_ENV}"], "ack": ack}
                           for n, p in zip(names, paths)},
@@ -203,6 +203,9 @@ class Run:
             http("webhookbus-spool", "2xx after the local fsync; Kafka after",
                  lambda bootstrap, topic, port: self.webhookbus("webhookbus, 1 worker, ack=spool", bootstrap, topic,
                                                                 port, ack="spool"))
+        http("webhookbus-asyncio", "server.loop: asyncio",
+             lambda bootstrap, topic, port: self.webhookbus("webhookbus, 1 worker, ack=broker, asyncio", bootstrap,
+                                                            topic, port, loop="asyncio"))
         http("webhookbus-workers", "server.workers = cores",
              lambda bootstrap, topic, port: self.webhookbus(f"webhookbus, {cores} workers, ack=broker", bootstrap,
                                                             topic, port, workers=cores))
@@ -211,10 +214,12 @@ class Run:
                  "Express + kafkajs", ["node", str(EXPRESS / "server.js")],
                  {"PORT": str(port), "TOPIC": topic, "KAFKA_BROKERS": bootstrap, SECRET_ENV: SECRET},
                  ["/webhook"], topic))
-        http("bare", "server ceiling: no verification, no Kafka",
-             lambda bootstrap, topic, port: Server(
-                 "bare hypercorn, answers 200", [sys.executable, str(BENCH / "baselines" / "bare_asgi.py"), str(port)],
-                 {}, ["/webhooks/uip"], None))
+        for loop in ("auto", "asyncio"):
+            http("bare" if loop == "auto" else "bare-asyncio", "server ceiling: no verification, no Kafka",
+                 lambda bootstrap, topic, port, loop=loop: Server(
+                     "bare hypercorn, answers 200" + ("" if loop == "auto" else ", asyncio"),
+                     [sys.executable, str(BENCH / "baselines" / "bare_asgi.py"), str(port), loop],
+                     {}, ["/webhooks/uip"], None))
         if wanted is None or "ceiling" in wanted:
             for in_flight in (self.args.connections, 0):
                 print("  broker ceiling ...", flush=True)
@@ -295,10 +300,10 @@ def _print_row(result: Result) -> None:
 
 def ratios(results: list[Result]) -> dict[str, Any]:
     """The benchmark issue's targets, from this run's figures only."""
-    one_worker = [r for r in results if r.name.startswith("webhookbus, 1 worker")]
+    one_worker = [r for r in results if r.name.startswith("webhookbus, 1 worker") and not r.name.endswith("asyncio")]
     one = next((r for r in one_worker if r.name.endswith("ack=broker")), None)
     express = next((r for r in results if r.name.startswith("Express")), None)
-    bare = next((r for r in results if r.name.startswith("bare")), None)
+    bare = next((r for r in results if r.name == "bare hypercorn, answers 200"), None)  # the same loop as `one`
     if one is None or not one.rps:
         return {"vs_webhookbus_1_worker": {}, "targets": {}}
     best = max(one_worker, key=lambda r: r.rps)
@@ -359,8 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--rate", type=float, help="fixed offered rate (default: half webhookbus's saturation)")
     parser.add_argument("--max-rps", type=float, default=6000, help="sizes the request files (distinct events)")
-    parser.add_argument("--only", help="comma-separated: webhookbus,webhookbus-spool,webhookbus-workers,express,bare,"
-                                       "ceiling")
+    parser.add_argument("--only", help="comma-separated: webhookbus,webhookbus-spool,webhookbus-asyncio,"
+                                       "webhookbus-workers,express,bare,bare-asyncio,ceiling")
     parser.add_argument("--no-spool", dest="spool", action="store_false", help="skip the ack=spool contender")
     parser.add_argument("--no-scaling", action="store_true")
     parser.add_argument("--out", type=Path, default=BENCH / "results" / "latest.json")

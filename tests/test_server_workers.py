@@ -1,5 +1,6 @@
-"""``server.workers``: forked workers on their own SO_REUSEPORT sockets, a graceful stop,
-and a worker that dies taking the service down rather than leaving it short-handed."""
+"""webhookbus.server: ``server.workers`` (forked workers on their own SO_REUSEPORT sockets, a
+graceful stop, a worker that dies taking the service down rather than leaving it
+short-handed) and ``server.loop``."""
 
 from __future__ import annotations
 
@@ -104,3 +105,26 @@ def test_a_worker_that_dies_stops_the_service(server):
     os.kill(first, signal.SIGKILL)
     assert process.wait(30) == 1
     assert not Path(f"/proc/{second}").exists() or "zombie" in Path(f"/proc/{second}/status").read_text()
+
+
+def test_event_loop_setting():
+    import uvloop
+
+    from webhookbus.config import ServerSettings
+    from webhookbus.server import loop_factory
+
+    assert loop_factory(ServerSettings(loop="asyncio")) is None
+    assert loop_factory(ServerSettings(loop="uvloop")) is uvloop.new_event_loop
+    assert loop_factory(ServerSettings()) is uvloop.new_event_loop, "auto takes uvloop when it is installed"
+
+
+def test_uvloop_asked_for_but_missing_is_a_config_error(monkeypatch):
+    import importlib.util
+
+    from webhookbus.config import ConfigError, parse_config
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvloop" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"server\.loop: .*uvloop is not installed"):
+        parse_config("server:\n  loop: uvloop\n")
+    parse_config("server:\n  loop: auto\n")

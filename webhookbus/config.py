@@ -9,6 +9,7 @@ expected.  Environment variables ``WEBHOOKBUS_<SECTION>__<KEY>`` override the fi
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from collections.abc import Sequence
@@ -103,8 +104,18 @@ class ServerSettings(_Section):
     max_in_flight: int = Field(1024, gt=0, description="Concurrent requests beyond this get 503.")
     graceful_timeout: float = Field(10.0, ge=0, description="Seconds in-flight requests get after SIGTERM.")
     workers: int = Field(1, ge=1)
+    loop: Literal["auto", "asyncio", "uvloop"] = Field(
+        "auto", description="Event loop; auto: uvloop when installed (pip install 'webhookbus[fast]'), else asyncio's."
+    )
     tls: TlsSettings | None = None
     client_cert_header: ClientCertHeaderSettings | None = None
+
+    @field_validator("loop")
+    @classmethod
+    def _loop_installed(cls, value: str) -> str:
+        if value == "uvloop" and importlib.util.find_spec("uvloop") is None:
+            raise ValueError("uvloop is not installed: pip install 'webhookbus[fast]', or use loop: auto")
+        return value
 
 
 class KafkaSettings(_Section):

@@ -21,6 +21,7 @@ import multiprocessing
 import os
 import signal
 import ssl
+from collections.abc import Callable
 from multiprocessing.connection import wait
 
 from hypercorn.asyncio.run import worker_serve
@@ -79,7 +80,8 @@ def run(config: Config) -> int:
     """
     server = config.settings.server
     if server.workers == 1:
-        asyncio.run(serve(config))
+        with asyncio.Runner(loop_factory=loop_factory(server)) as runner:
+            runner.run(serve(config))
         return 0
     # Bound, never listening: holds the address (and resolves port 0) without taking connections.
     held = _reuseport_config(server).create_sockets()
@@ -119,6 +121,21 @@ def run(config: Config) -> int:
     return 0 if stopping and all(process.exitcode == 0 for process in processes) else 1
 
 
+def loop_factory(server: ServerSettings) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when configured, or with ``loop: auto`` when installed; None: asyncio's.
+
+    The process is bound by one core's worth of Python (the GIL): uvloop's event loop and
+    socket writes in C leave more of it to requests (bench/README.md has the figures).
+    """
+    if server.loop == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:  # loop: uvloop was checked when the config was loaded
+        return None
+    return uvloop.new_event_loop  # type: ignore[no-any-return]
+
+
 def _reuseport_config(server: ServerSettings, port: int | None = None) -> HypercornConfig:
     hyper = hypercorn_config(server.model_copy(update={"port": server.port if port is None else port}))
     hyper.workers = server.workers  # hypercorn sets SO_REUSEPORT on the sockets it creates
@@ -129,4 +146,5 @@ def _worker(config: Config, port: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # serve() installs its own handlers on the loop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     sockets = _reuseport_config(config.settings.server, port).create_sockets()
-    asyncio.run(serve(config, sockets=sockets))
+    with asyncio.Runner(loop_factory=loop_factory(config.settings.server)) as runner:
+        runner.run(serve(config, sockets=sockets))

@@ -1,7 +1,8 @@
-"""The server's own ceiling: hypercorn, configured exactly as webhookbus configures it,
-serving an ASGI app that reads the body and answers 200 doing nothing else.
+"""The server's own ceiling: hypercorn, configured exactly as webhookbus configures it (the
+same settings, the same event loop), serving an ASGI app that reads the body and answers
+200 doing nothing else.
 
-    python bench/baselines/bare_asgi.py PORT
+    python bench/baselines/bare_asgi.py PORT [auto|asyncio|uvloop]
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 from hypercorn.asyncio import serve
 
 from webhookbus.config import ServerSettings
-from webhookbus.server import hypercorn_config
+from webhookbus.server import hypercorn_config, loop_factory
 
 
 async def app(scope, receive, send):  # type: ignore[no-untyped-def]
@@ -23,10 +24,12 @@ async def app(scope, receive, send):  # type: ignore[no-untyped-def]
         return
     while (await receive()).get("more_body", False):
         pass
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", b"0")]})
     await send({"type": "http.response.body", "body": b""})
 
 
 if __name__ == "__main__":
-    config = hypercorn_config(ServerSettings(port=int(sys.argv[1])))
-    asyncio.run(serve(app, config))  # SIGTERM/SIGINT: hypercorn's own graceful shutdown
+    settings = ServerSettings(port=int(sys.argv[1]), loop=sys.argv[2] if len(sys.argv) > 2 else "auto")
+    with asyncio.Runner(loop_factory=loop_factory(settings)) as runner:
+        runner.run(serve(app, hypercorn_config(settings)))  # SIGTERM/SIGINT: hypercorn's graceful shutdown
