@@ -19,6 +19,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -80,9 +81,27 @@ def producer_options(settings: KafkaSettings) -> dict[str, Any]:
         # A send() must not sit on the publisher thread much longer than a request may wait.
         "max_block_ms": int(max(1.0, settings.publish_timeout) * 1000),
         "linger_ms": 0,
+        "request_timeout_ms": 10_000,
     }
     options.update(settings.producer)
+    # kafka-python retries a record for delivery_timeout_ms (default 2 minutes), and after a
+    # broker restart an idempotent producer can spend all of it in an UnknownProducerId
+    # "resetting sequence" loop: give up sooner, and the failure replaces the producer.
+    options.setdefault("delivery_timeout_ms", max(15_000, options["request_timeout_ms"] + options["linger_ms"]))
     return options
+
+
+def _close(producer: KafkaProducer, timeout: float) -> None:
+    """Close, failing whatever is still pending after ``timeout`` (so its callbacks run).
+
+    kafka-python's ``close()`` flushes first and raises when records are still pending,
+    before reaching the force-close it would otherwise do; do that step ourselves.
+    """
+    try:
+        producer.close(timeout=timeout)
+    except KafkaError as exc:
+        log.warning("producer closed with records pending", extra={"reason": type(exc).__name__})
+        producer._sender.force_close()  # noqa: SLF001 - the step close() skipped
 
 
 class Publisher:
@@ -105,7 +124,11 @@ class Publisher:
         self._producer: KafkaProducer | None = None
         self._thread: threading.Thread | None = None
         self._broken = False  # set from kafka-python's thread when the producer failed for good
-        self.producers_replaced = 0
+        # No ack for this long while records are pending: the producer is stuck (after a broker
+        # restart kafka-python can retry UnknownProducerId forever) or the broker is away.
+        self._stall_after = max(5.0, 2 * settings.publish_timeout)
+        self._progress_at = time.monotonic()
+        self.producers_replaced = 0  # also the generation of the current producer
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -167,8 +190,15 @@ class Publisher:
 
     def _run(self) -> None:
         self._ensure_producer()
-        while (batch := self._queue.get()) is not None:
-            if not self._reserve(batch):
+        while True:
+            try:
+                batch = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                batch = False
+            self._check_stall()
+            if batch is None:
+                break
+            if batch is False or not self._reserve(batch):
                 continue
             producer = self._ensure_producer()
             if producer is None:
@@ -179,16 +209,13 @@ class Publisher:
                     sent = producer.send(message.topic, message.value, message.key, message.headers)
                 except KafkaError as exc:
                     # Typically no metadata within max_block_ms: the rest would wait as long again.
-                    self._note_fatal(exc)
+                    self._broken = self._broken or not getattr(exc, "retriable", False)
                     self._fail_from(batch, index, f"send failed: {type(exc).__name__}")
                     break
                 sent.add_callback(self._acked, batch)
-                sent.add_errback(self._failed, batch, index)
+                sent.add_errback(self._failed, batch, index, self.producers_replaced)
         if self._producer is not None:
-            try:
-                self._producer.close(timeout=self._settings.publish_timeout * 4)
-            except KafkaError as exc:  # pragma: no cover - best effort at shutdown
-                log.warning("producer close failed", extra={"reason": type(exc).__name__})
+            _close(self._producer, self._settings.publish_timeout * 4)
 
     def _reserve(self, batch: Batch) -> bool:
         """Wait for room under ``max_in_flight_records``; False if the caller gave up meanwhile."""
@@ -199,16 +226,26 @@ class Publisher:
             if batch.state != QUEUED:
                 return False
             batch.state = SENDING
+            if not self._records_in_flight:
+                self._progress_at = time.monotonic()
             self._records_in_flight += len(batch.messages)
             return True
+
+    def _check_stall(self) -> None:
+        stalled_for = time.monotonic() - self._progress_at
+        if self._records_in_flight and stalled_for > self._stall_after and not self._broken:
+            log.warning("Kafka producer made no progress", extra={"seconds": round(stalled_for, 1),
+                                                                  "records_in_flight": self._records_in_flight})
+            self._broken = True
+            self._ensure_producer()
 
     def _ensure_producer(self) -> KafkaProducer | None:
         if self._broken and self._producer is not None:
             # An idempotent producer whose state the broker forgot (restart, UnknownProducerId,
-            # OutOfOrderSequenceNumber) fails every later send: replace it.  Its unacked
-            # records fail with it; their senders (the spool forwarder) send them again.
+            # OutOfOrderSequenceNumber) fails or stalls every later send: replace it.  Its
+            # unacked records fail with it; their senders (the spool forwarder) send them again.
             log.warning("replacing a failed Kafka producer")
-            self._producer.close(timeout=0)
+            _close(self._producer, 0)
             self._producer = None
             self.producers_replaced += 1
         self._broken = False
@@ -221,18 +258,19 @@ class Publisher:
         return self._producer
 
     def _acked(self, batch: Batch, _metadata: object) -> None:
+        self._progress_at = time.monotonic()
         self._settle(batch, 1)
 
-    def _failed(self, batch: Batch, index: int, exc: BaseException) -> None:
-        self._note_fatal(exc)
+    def _failed(self, batch: Batch, index: int, generation: int, exc: BaseException) -> None:
+        # kafka-python gave up on this record (retries and delivery timeout spent, or an
+        # error it cannot retry): whatever the cause, start afresh with a new producer,
+        # unless this is a record of a producer already replaced.
+        if generation == self.producers_replaced:
+            self._broken = True
         self._settle(batch, 1, [index], f"broker rejected a message: {type(exc).__name__}")
 
     def _fail_from(self, batch: Batch, start: int, error: str) -> None:
         self._settle(batch, len(batch.messages) - start, list(range(start, len(batch.messages))), error)
-
-    def _note_fatal(self, exc: BaseException) -> None:
-        if not getattr(exc, "retriable", False):
-            self._broken = True
 
     def _settle(self, batch: Batch, count: int, failed: list[int] | None = None, error: str | None = None) -> None:
         # Called on kafka-python's I/O thread (or ours); only counts are touched under the lock.

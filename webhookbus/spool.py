@@ -211,7 +211,9 @@ class Spool:
 
     def __init__(self, directory: str | os.PathLike[str], max_bytes: int, segment_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self.segment_bytes = segment_bytes
+        # Space comes back a whole segment at a time, and never from the one being written:
+        # small segments against the cap keep a drained spool from still looking full.
+        self.segment_bytes = max(1, min(segment_bytes, max_bytes // 8))
         self.slot, self._lock_fd = claim_slot(Path(directory))
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[_Append | None] = queue.SimpleQueue()

@@ -1,0 +1,224 @@
+"""Nothing answered 2xx is lost, and a provider's retry is published once: on a real broker.
+
+The broker stores in memory: stopping it loses what it held, so each test reads only
+what was accepted after the last broker restart (or counts on the spool to hold it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from typing import Any
+
+from webhookbus.spool import spool_status
+from webhookbus.testing import post, read_topic, to_cloudevent
+from webhookbus.testing.process import ServerProcess
+from webhookbus.testing.samples import sign_hmac
+from webhookbus.verifiers.hmac import HmacOptions
+
+SECRET = "reliability-test-secret"
+PATH = "/webhooks/demo"
+OPTIONS = HmacOptions(prefix="sha256=", event_field="type", id_field="id")
+
+
+def config(topic: str, **provider: Any) -> dict[str, Any]:
+    return {
+        "kafka": {"publish_timeout": 1.0},
+        "providers": {"demo": {"verifier": "hmac", "path": PATH, "secrets": [f"literal:{SECRET}"],
+                               "options": OPTIONS.model_dump(exclude_defaults=True), **provider}},
+        "routes": [{"topic": topic}],
+    }
+
+
+def event(event_id: str, secret: str = SECRET) -> tuple[bytes, dict[str, str]]:
+    signed = sign_hmac(OPTIONS, secret.encode(), PATH, {"type": "user.updated", "id": event_id})
+    return signed.body, signed.headers
+
+
+def ids(bootstrap: str, topic: str, at_least: int, timeout: float = 20.0) -> list[str]:
+    """Event ids on ``topic``; waits for ``at_least``, then a moment more to catch extras."""
+    records = read_topic(bootstrap, topic, at_least, timeout)
+    records += read_topic(bootstrap, topic, len(records) + 1, 1.0)[len(records):]
+    return [to_cloudevent(record).get_id() for record in records]
+
+
+def wait_until(check, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.2)
+
+
+def test_spool_mode_keeps_accepting_through_a_broker_outage_and_forwards_after(webhookbus_listener, own_broker, topic_name):
+    topic = topic_name("spool")
+    listener = webhookbus_listener(config(topic, ack="spool"), bootstrap=own_broker.bootstrap)
+    assert listener.post(PATH, *event("before")).status == 200
+    own_broker.stop()
+    during = [f"during-{n}" for n in range(20)]
+    for event_id in during:
+        reply = listener.post(PATH, *event(event_id))
+        assert reply.status == 200, reply.body
+    assert spool_status(listener.config.settings.spool.directory)[0].records >= 20
+    own_broker.start()
+    after = [f"after-{n}" for n in range(5)]
+    for event_id in after:
+        assert listener.post(PATH, *event(event_id)).status == 200
+
+    delivered = ids(own_broker.bootstrap, topic, 25, timeout=60)
+    assert sorted(set(delivered) - {"before"}) == sorted(during + after), "every event accepted during the outage arrives"
+    assert len(delivered) == len(set(delivered)), "and once"
+    wait_until(lambda: spool_status(listener.config.settings.spool.directory)[0].records == 0)
+
+
+def test_broker_mode_spools_past_the_deadline_and_delivers_later(webhookbus_listener, own_broker, topic_name):
+    topic = topic_name("deadline")
+    listener = webhookbus_listener(config(topic), bootstrap=own_broker.bootstrap)
+    assert listener.post(PATH, *event("warm-up")).status == 200
+    own_broker.stop()
+    reply = listener.post(PATH, *event("past-deadline"))
+    assert reply.status == 200, "on_broker_timeout: spool (the default) answers 2xx once synced"
+    own_broker.start()
+    assert "past-deadline" in ids(own_broker.bootstrap, topic, 1, timeout=60)
+
+
+def test_a_retry_is_answered_2xx_and_published_once_even_after_a_restart(webhookbus_listener, kafka_broker, topic_name, tmp_path):
+    topic = topic_name("dedup")
+    settings = {**config(topic), "spool": {"directory": str(tmp_path)}}
+    first = webhookbus_listener(settings)
+    assert first.post(PATH, *event("evt-1")).status == 200
+    assert first.post(PATH, *event("evt-1")).status == 200
+    first.stop()
+    second = webhookbus_listener(settings)
+    assert second.post(PATH, *event("evt-1")).status == 200
+    assert second.post(PATH, *event("evt-2")).status == 200
+    assert sorted(ids(kafka_broker.bootstrap, topic, 2)) == ["evt-1", "evt-2"]
+
+
+def test_concurrent_copies_of_one_event_are_published_once(webhookbus_listener, kafka_broker, topic_name):
+    topic = topic_name("race")
+    listener = webhookbus_listener(config(topic))
+    with ThreadPoolExecutor(10) as pool:
+        statuses = list(pool.map(lambda _: listener.post(PATH, *event("same")).status, range(10)))
+    assert statuses == [200] * 10
+    assert ids(kafka_broker.bootstrap, topic, 1) == ["same"]
+
+
+def test_a_503_is_not_remembered_so_the_providers_retry_is_published(webhookbus_listener, own_broker, topic_name):
+    topic = topic_name("reject")
+    listener = webhookbus_listener(config(topic, on_broker_timeout="reject"), bootstrap=own_broker.bootstrap)
+    own_broker.stop()
+    reply = listener.post(PATH, *event("evt-503"))
+    assert reply.status == 503 and reply.headers["retry-after"] == "1"
+    own_broker.start()
+    restarted = datetime.now(timezone.utc)
+    wait_until(lambda: listener.post(PATH, *event("evt-503")).status == 200)
+    records = [to_cloudevent(r) for r in read_topic(own_broker.bootstrap, topic, 1)]
+    retries = [e for e in records if datetime.fromisoformat(e.get_extension("receivedtime")) >= restarted]
+    assert [e.get_id() for e in retries] == ["evt-503"], "the retry was published, not taken for a duplicate"
+
+
+def test_a_full_spool_answers_503_until_the_forwarder_made_room(webhookbus_listener, own_broker, topic_name):
+    topic = topic_name("full")
+    settings = {**config(topic, ack="spool"), "spool": {"max_bytes": 4000}}
+    listener = webhookbus_listener(settings, bootstrap=own_broker.bootstrap)
+    own_broker.stop()
+    replies = [listener.post(PATH, *event(f"fill-{n}")) for n in range(40)]
+    statuses = [reply.status for reply in replies]
+    assert 200 in statuses and statuses[-1] == 503
+    assert replies[-1].json()["error"] == "spool_full" and replies[-1].headers["retry-after"]
+    own_broker.start()
+    wait_until(lambda: listener.post(PATH, *event("fill-39")).status == 200, timeout=60)
+    accepted = {f"fill-{n}" for n, status in enumerate(statuses) if status == 200} | {"fill-39"}
+    assert accepted <= set(ids(own_broker.bootstrap, topic, len(accepted), timeout=60))
+
+
+def test_rejected_requests_reach_the_audit_topic_rate_limited_and_without_secrets(webhookbus_listener, kafka_broker, topic_name):
+    audit = topic_name("audit")
+    settings = {**config(topic_name()), "audit": {"topic": audit, "max_per_second": 2, "burst": 1}}
+    listener = webhookbus_listener(settings)
+    body, headers = event("forged", secret="not-the-secret")
+    for _ in range(3):
+        assert listener.post(PATH, body, headers).status == 401
+    time.sleep(1.0)  # one token again
+    assert listener.post(PATH, body, headers).status == 401
+
+    records = read_topic(kafka_broker.bootstrap, audit, 2, timeout=10)
+    assert len(read_topic(kafka_broker.bootstrap, audit, 3, timeout=1.5)) == 2, "a burst of 1, then 2 per second"
+    events = [to_cloudevent(record) for record in records]
+    assert {e.get_type() for e in events} == {"webhookbus.request.rejected"}
+    data = [e.get_data() for e in events]
+    assert data[0]["provider"] == "demo" and data[0]["error"] == "verification_failed"
+    assert data[0]["body_sha256"] == hashlib.sha256(body).hexdigest() and data[0]["body_length"] == len(body)
+    assert "x-signature" in data[0]["header_names"] and data[0]["client"].startswith("127.0.0.1:")
+    assert [d["suppressed_before"] for d in data] == [0, 2]
+    for record in records:
+        assert headers[OPTIONS.header].split("=", 1)[1].encode() not in record.value
+        assert body not in record.value and SECRET.encode() not in record.value
+
+
+def test_kill_9_then_restart_forwards_everything_the_spool_held(own_broker, topic_name, tmp_path):
+    topic = topic_name("kill9")
+    server = ServerProcess(config(topic, ack="spool"), own_broker.bootstrap, tmp_path).start()
+    try:
+        own_broker.stop()
+        accepted = [f"k-{n}" for n in range(30)]
+        for event_id in accepted:
+            assert post(server.port, PATH, *event(event_id)).status == 200
+        status = subprocess.run([sys.executable, "-m", "webhookbus.cli", "spool", "status", "--config", str(server.config_path)],
+                                capture_output=True, text=True, check=True).stdout
+        assert "30 record(s) to forward" in status and "in use by pid" in status
+        server.kill()
+        own_broker.start()
+        server.start()
+        assert sorted(ids(own_broker.bootstrap, topic, 30, timeout=60)) == sorted(accepted)
+    finally:
+        server.stop()
+
+
+def test_no_accepted_request_is_lost_across_a_sigterm_during_load(own_broker, topic_name, tmp_path):
+    """Clients keep sending while SIGTERM arrives; every 2xx must end up on Kafka."""
+    broker_topic, spool_topic = topic_name("term-broker"), topic_name("term-spool")
+    settings = config(broker_topic)
+    settings["providers"]["spooled"] = {**settings["providers"]["demo"], "path": "/webhooks/spooled", "ack": "spool"}
+    settings["routes"] = [{"provider": "demo", "topic": broker_topic}, {"provider": "spooled", "topic": spool_topic}]
+    server = ServerProcess(settings, own_broker.bootstrap, tmp_path).start()
+    accepted: list[tuple[str, str]] = []
+    stop = threading.Event()
+
+    def client(number: int) -> None:
+        path, topic = (PATH, broker_topic) if number % 2 else ("/webhooks/spooled", spool_topic)
+        sent = 0
+        while not stop.is_set():
+            event_id = f"c{number}-{sent}"
+            sent += 1
+            signed = sign_hmac(OPTIONS, SECRET.encode(), path, {"type": "t", "id": event_id})
+            try:
+                reply = post(server.port, path, signed.body, signed.headers, timeout=10)
+            except OSError:
+                time.sleep(0.02)  # refused while shutting down: not accepted
+                continue
+            if reply.status == 200:
+                accepted.append((topic, event_id))
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(6)]
+    try:
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: len(accepted) > 200)
+        assert server.terminate() == 0
+        stop.set()
+        for thread in threads:
+            thread.join()
+        server.start()  # forwards whatever the spool still held
+        for topic in (broker_topic, spool_topic):
+            want = {event_id for t, event_id in accepted if t == topic}
+            assert want and not want - set(ids(own_broker.bootstrap, topic, len(want), timeout=60)), f"lost on {topic}"
+    finally:
+        stop.set()
+        server.stop()
