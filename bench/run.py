@@ -99,7 +99,7 @@ class Run:
             "kafka": {"bootstrap_servers": [bootstrap]},
             "providers": {n: {"verifier": "uip", "path": p, "secrets": [f"env:{SECRET_ENV}"], "ack": ack}
                           for n, p in zip(names, paths)},
-            "routes": [{"provider": n, "type": "uip.*", "topic": topic} for n in names],
+            "routes": [{"provider": n, "type": f"{n}.*", "topic": topic} for n in names],
             "unrouted": {"action": "drop"},
             "spool": {"directory": str(self.workdir / f"spool-{uuid.uuid4().hex[:8]}")},
         }

@@ -1,0 +1,81 @@
+"""The parts of bench/ that need no load generator: signed requests the real verifier
+accepts, the request file wrk replays, wrk's report, and the delivered-events counter."""
+
+from __future__ import annotations
+
+import re
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from kafka import KafkaProducer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+from measure import delivered_events, parse_wrk  # noqa: E402
+from run import Result, ratios  # noqa: E402
+from signed import SECRET, event_ids, signed_requests, write_wrk_file  # noqa: E402
+
+from webhookbus.plugin import InboundRequest, VerificationFailed  # noqa: E402
+from webhookbus.verifiers.uip import UipOptions, UipVerifier  # noqa: E402
+
+
+@pytest.mark.parametrize("size", [600, 10_000])
+def test_signed_requests_are_distinct_events_the_uip_verifier_accepts(size):
+    requests = signed_requests(["/a", "/b"], size, 4, start=7)
+    verifier = UipVerifier(UipOptions(), (SECRET.encode(),))
+    for index, request in enumerate(requests):
+        assert len(request.body) == size
+        assert request.path == ["/a", "/b"][index % 2]
+        inbound = InboundRequest("uip", "POST", request.path, "", request.headers(), request.body,
+                                 datetime.now(timezone.utc))
+        [event] = verifier.verify(inbound).events
+        assert event.id == f"audit_{7 + index:010d}"
+    assert event_ids(r.body for r in requests + requests) == {f"audit_{i:010d}".encode() for i in range(7, 11)}
+    assert not event_ids([b"no id here"])
+    tampered = requests[0].body.replace(b"John", b"Jane")
+    with pytest.raises(VerificationFailed):
+        verifier.verify(InboundRequest("uip", "POST", "/a", "", requests[0].headers(), tampered,
+                                       datetime.now(timezone.utc)))
+
+
+def test_request_file_has_the_lines_presigned_lua_parses(tmp_path):
+    requests = signed_requests(["/webhooks/uip"], 600, 3)
+    lines = write_wrk_file(requests, tmp_path / "requests.txt").read_bytes().split(b"\n")
+    assert lines[-1] == b"" and len(lines) == 4
+    for line, request in zip(lines, requests):
+        path, signature, body = re.fullmatch(rb"([^\t]*)\t([^\t]*)\t(.*)", line).groups()  # presigned.lua's pattern
+        assert (path.decode(), signature.decode(), body) == (request.path, request.signature, request.body)
+
+
+def test_wrk_report_line():
+    output = ("Running 1s test\n  1 threads and 32 connections\n"
+              'WRK {"requests":2000,"duration_us":1000000,"status_errors":5,"connect":0,"read":1,"write":0,'
+              '"timeout":2,"p50_us":1500,"p99_us":9000,"p999_us":12000,"max_us":15000,"next":2040,'
+              '"late":3,"late_ms_sum":6.000,"late_ms_max":4.000}\n')
+    run = parse_wrk(output)
+    assert (run.rps, run.accepted, run.errors, run.next) == (2000, 1995, 8, 2040)
+    assert (run.p50_ms, run.p99_ms, run.p999_ms, run.late, run.late_ms_max) == (1.5, 9.0, 12.0, 3, 4.0)
+
+
+def test_delivered_events_counts_records_and_distinct_event_ids(kafka_broker, topic_name):
+    topic = topic_name("bench")
+    bodies = [r.body for r in signed_requests(["/a"], 600, 3)]
+    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap)
+    for body in bodies + bodies[:1]:  # one event twice, as a provider's retry would
+        producer.send(topic, body)
+    producer.flush()
+    producer.close()
+    assert delivered_events(kafka_broker.bootstrap, topic, timeout=20) == (4, 3)
+
+
+def test_targets_are_read_from_one_run():
+    results = [Result("webhookbus, 1 worker, ack=broker", rps=3000, p99_ms=5, peak_rss_mb=60),
+               Result("Express + kafkajs", rps=2000, p99_ms=6),
+               Result("bare hypercorn, answers 200", rps=5000)]
+    targets = ratios(results)["targets"]
+    assert targets["throughput vs Express+kafkajs (>= 1.5x)"]["met"]
+    assert targets["p99 at the fixed rate vs Express+kafkajs (<= 1x)"]["met"]
+    assert not targets["best 1-worker mode vs bare hypercorn (>= 0.75x)"]["met"]  # 0.6x
+    assert targets["peak RSS of one worker (< 120 MB)"]["met"]
