@@ -34,5 +34,9 @@ bench-deps: $(STAMP)
 bench: bench-deps
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
+# Broker restarts and SIGKILLs under load; `make test` runs a short form. See bench/chaos.py.
+chaos: $(STAMP)
+	$(BIN)/python bench/chaos.py --events 20000 --cycles 6 $(CHAOS_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache
