@@ -189,7 +189,7 @@ class UnroutedSettings(_Section):
 class SpoolSettings(_Section):
     directory: str = Field("spool", description="Spool segments and the dedup store; one subdirectory per process.")
     max_bytes: int = Field(1 << 30, gt=0, description="Spool size on disk beyond which spooling requests get 503.")
-    segment_bytes: int = Field(16 << 20, gt=0, description="A segment file is deleted once all its records are acked.")
+    segment_bytes: int = Field(16 << 20, gt=0, description="Deleted once all its records are acked; at most max_bytes/8.")
     dedup_max_entries: int = Field(500_000, gt=0, description="Event ids remembered (about 100 bytes of memory each).")
 
 
