@@ -52,3 +52,17 @@ def test_fan_out_keys_and_fallback():
     only = Settings(routes=[{"topic": "uip-only", "provider": "uip"}], unrouted={"action": "topic", "topic": "fallback"})
     assert [m.topic for m in messages_for(only, unrouted)] == ["fallback"]
     assert messages_for(Settings(routes=[{"topic": "uip-only", "provider": "uip"}]), unrouted) == []
+
+
+def test_remembered_matches_stay_per_event_type_where_clause_and_config():
+    """messages_for remembers which routes' globs match a (source, type): check it never
+    answers for the wrong type, skips a where clause, or serves one config's routes to another."""
+    settings = Settings(routes=[{"topic": "ids", "type": "uip.identify"}, {"topic": "signs", "type": "uip.sign"},
+                                {"topic": "us", "where": {"data.data.country_of_origin": "US"}}])
+    sign = CloudEvent(id="e3", source="uip", type="uip.sign", time=EVENT.time, data={"data": {}})
+    for _ in range(2):  # the second pass is served from what the first remembered
+        assert [m.topic for m in messages_for(settings, EVENT)] == ["ids", "us"]
+        assert [m.topic for m in messages_for(settings, sign)] == ["signs"]
+    other = Settings(routes=[{"topic": "elsewhere"}])
+    assert [m.topic for m in messages_for(other, EVENT)] == ["elsewhere"]
+    assert [m.topic for m in messages_for(settings, EVENT)] == ["ids", "us"]
