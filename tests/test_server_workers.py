@@ -128,3 +128,23 @@ def test_uvloop_asked_for_but_missing_is_a_config_error(monkeypatch):
     with pytest.raises(ConfigError, match=r"server\.loop: .*uvloop is not installed"):
         parse_config("server:\n  loop: uvloop\n")
     parse_config("server:\n  loop: auto\n")
+
+
+def test_run_freezes_what_is_loaded_before_serving(monkeypatch):
+    """Full collections must not rescan modules, plugins and config on every pass."""
+    import gc
+
+    from webhookbus import server
+    from webhookbus.config import parse_config
+
+    frozen_when_serving = []
+
+    async def serve(config):  # type: ignore[no-untyped-def]
+        frozen_when_serving.append(gc.get_freeze_count())
+
+    monkeypatch.setattr(server, "serve", serve)
+    try:
+        assert server.run(parse_config("server:\n  loop: asyncio\n")) == 0
+    finally:
+        gc.unfreeze()
+    assert frozen_when_serving and frozen_when_serving[0] > 1000
