@@ -222,3 +222,27 @@ def test_no_accepted_request_is_lost_across_a_sigterm_during_load(own_broker, to
     finally:
         stop.set()
         server.stop()
+
+
+def test_a_slot_another_process_left_is_forwarded_and_released(webhookbus_listener, kafka_broker, topic_name, tmp_path):
+    """server.workers lowered from 4 to 1: slot 3's records must not wait for a fourth worker."""
+    import asyncio
+
+    from webhookbus.routing import KafkaMessage
+    from webhookbus.spool import Spool, list_segments, slot_owner
+
+    topic = topic_name("orphan")
+    left = Spool(tmp_path, 1 << 30, 1 << 30, slot=tmp_path / "3")
+
+    async def write() -> None:
+        left.start()
+        for n in range(5):
+            await left.append([KafkaMessage(topic, None, b"left-%d" % n, [], "r")])
+        await left.stop_writing()
+
+    asyncio.run(write())
+    left.close()
+    webhookbus_listener({**config(topic_name()), "spool": {"directory": str(tmp_path)}})
+    values = [r.value for r in read_topic(kafka_broker.bootstrap, topic, 5)]
+    assert sorted(values) == [b"left-%d" % n for n in range(5)]
+    wait_until(lambda: not list_segments(tmp_path / "3") and slot_owner(tmp_path / "3") is None, timeout=10)

@@ -25,7 +25,7 @@ from webhookbus.events import CloudEvent
 from webhookbus.forward import Forwarder
 from webhookbus.publish import Batch, PublishFailed, Publisher
 from webhookbus.routing import KafkaMessage, messages_for
-from webhookbus.spool import Spool, SpoolError, SpoolFull
+from webhookbus.spool import Spool, SpoolError, SpoolFull, slots_with_records
 
 log = logging.getLogger("webhookbus.delivery")
 
@@ -54,6 +54,7 @@ class Delivery:
         self.spool: Spool | None = None
         self.dedup: DedupStore | None = None
         self.forwarder: Forwarder | None = None
+        self.adopted: list[Forwarder] = []
         self._claims: dict[bytes, asyncio.Future[bool]] = {}
 
     def start(self) -> None:
@@ -68,18 +69,31 @@ class Delivery:
         self.forwarder.start()
         log.info("spool open", extra={"slot": str(self.spool.slot), "records_to_forward": self.spool.depth(),
                                       "event_ids_remembered": len(self.dedup)})
+        for slot in slots_with_records(spool.directory):
+            if slot == self.spool.slot:
+                continue
+            try:
+                orphan = Spool(spool.directory, spool.max_bytes, spool.segment_bytes, slot=slot)
+            except SpoolError:
+                continue  # its process is alive (or took it first)
+            log.info("spool: forwarding what another process left", extra={"slot": str(slot), "records": orphan.depth()})
+            self.adopted.append(Forwarder(orphan, self.publisher, batch_records=min(500, window), window=window,
+                                          until_drained=True))
+            self.adopted[-1].start()
 
     async def close(self, timeout: float) -> None:
         """Sync the spool, let the forwarder finish what it sent, then flush the producer."""
         if self.spool is not None:
             await self.spool.stop_writing()
-        if self.forwarder is not None:
-            await asyncio.to_thread(self.forwarder.stop, timeout)
+        forwarders = [f for f in [self.forwarder, *self.adopted] if f is not None]
+        for forwarder in forwarders:
+            await asyncio.to_thread(forwarder.stop, timeout)
         if self.dedup is not None:
             self.dedup.close()
         await self.publisher.close(timeout)
+        for forwarder in forwarders:  # unlock last: another process may take the slots over
+            forwarder.spool.close()
         if self.spool is not None:
-            self.spool.close()
             log.info("spool closed", extra={"slot": str(self.spool.slot), "records_to_forward": self.spool.depth()})
 
     async def accept(self, provider: Provider, given_ids: Sequence[str | None], events: Sequence[CloudEvent],

@@ -27,8 +27,12 @@ MAX_BACKOFF = 5.0
 
 
 class Forwarder:
-    def __init__(self, spool: Spool, publisher: Publisher, batch_records: int = 500, window: int = 2000) -> None:
+    """``until_drained``: for a slot another process left behind; stop (and unlock it) once empty."""
+
+    def __init__(self, spool: Spool, publisher: Publisher, batch_records: int = 500, window: int = 2000,
+                 until_drained: bool = False) -> None:
         self.spool = spool
+        self.until_drained = until_drained
         self.publisher = publisher
         self.batch_records = batch_records
         self.window = max(window, batch_records)
@@ -53,7 +57,7 @@ class Forwarder:
 
     def stop(self, timeout: float) -> None:
         """Send nothing new, give what is on its way ``timeout`` seconds, record the acks."""
-        if self._thread is None:
+        if self._thread is None or not self._thread.is_alive():
             return
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -64,7 +68,7 @@ class Forwarder:
             self._cond.notify_all()
         self._thread.join(timeout=5)
         self._thread = None
-        self._release()
+        self._release(final=True)
 
     def _wake(self) -> None:
         with self._cond:
@@ -98,11 +102,18 @@ class Forwarder:
                         self._acked.update(seq for seq in lost if seq >= self._acked_below)
                 self._send([r for r in records if r.seq >= self._acked_below])
             self._release()
+            if self.until_drained and self._acked_below >= self.spool.next_seq and not self._outstanding:
+                self._release(final=True)
+                self.spool.close()
+                log.info("spool: forwarded what another process left", extra={"slot": str(self.spool.slot)})
+                return
 
     def _idle_for(self) -> float | None:
         """None when there is work; else how long to sleep (caller holds the condition)."""
         if self._acks_changed:
             return None
+        if self.spool.cursor_lags:  # write it once its 100 ms are up
+            return self.spool.cursor_due_in() or None
         now = time.monotonic()
         if self._retry and not self._draining:
             if now >= self._retry_at:
@@ -162,11 +173,11 @@ class Forwarder:
             self._acks_changed = True
             self._cond.notify_all()
 
-    def _release(self) -> None:
+    def _release(self, final: bool = False) -> None:
         with self._cond:
             below = self._acked_below
             while below in self._acked:
                 self._acked.remove(below)
                 below += 1
             self._acked_below = below
-        self.spool.release(below)
+        self.spool.release(below, final)

@@ -157,22 +157,35 @@ def slot_owner(slot: Path) -> int | None:
     return pid
 
 
+def lock_slot(slot: Path) -> int | None:
+    """The fd holding ``slot``'s lock, or None if another process holds it."""
+    slot.mkdir(parents=True, exist_ok=True)
+    fd = os.open(slot / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
 def claim_slot(directory: Path) -> tuple[Path, int]:
     """Lock the lowest free slot under ``directory``; returns it and the lock's fd."""
-    directory.mkdir(parents=True, exist_ok=True)
     for index in range(MAX_SLOTS):
-        slot = directory / str(index)
-        slot.mkdir(exist_ok=True)
-        fd = os.open(slot / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            continue
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        return slot, fd
+        if (fd := lock_slot(directory / str(index))) is not None:
+            return directory / str(index), fd
     raise SpoolError(f"all {MAX_SLOTS} spool slots under {directory} are in use")
+
+
+def slots_with_records(directory: str | os.PathLike[str]) -> list[Path]:
+    """Slots holding segments: those no process has locked were left behind (a worker that
+    is gone for good, e.g. after ``server.workers`` was lowered) and need a forwarder."""
+    root = Path(directory)
+    if not root.is_dir():
+        return []
+    return [slot for slot in sorted(root.iterdir()) if slot.name.isdigit() and list_segments(slot)]
 
 
 def _fsync_directory(path: Path) -> None:
@@ -209,12 +222,19 @@ class Spool:
     batch (and index) that may deliver the same record, so the forwarder can wait for it.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], max_bytes: int, segment_bytes: int) -> None:
+    def __init__(self, directory: str | os.PathLike[str], max_bytes: int, segment_bytes: int,
+                 slot: Path | None = None) -> None:
         self.max_bytes = max_bytes
         # Space comes back a whole segment at a time, and never from the one being written:
         # small segments against the cap keep a drained spool from still looking full.
         self.segment_bytes = max(1, min(segment_bytes, max_bytes // 8))
-        self.slot, self._lock_fd = claim_slot(Path(directory))
+        if slot is None:
+            self.slot, self._lock_fd = claim_slot(Path(directory))
+        elif (fd := lock_slot(slot)) is not None:
+            self.slot, self._lock_fd = slot, fd
+        else:
+            raise SpoolError(f"spool slot {slot} is in use")
+        self._cursor_written = 0.0  # monotonic time of the last cursor write
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[_Append | None] = queue.SimpleQueue()
         self._queued_bytes = 0
@@ -223,7 +243,7 @@ class Spool:
         self._fd: int | None = None
         self._active: int | None = None  # first seq of the segment being written
         self._active_size = 0
-        self.acked_below = read_cursor(self.slot)
+        self.acked_below = self._cursor_on_disk = read_cursor(self.slot)
         self._segments, self.next_seq = self._recover()
         self.bytes = sum(segment_path(self.slot, s).stat().st_size for s in self._segments)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -282,6 +302,7 @@ class Spool:
     def close(self) -> None:
         """Release the slot (after the forwarder stopped: another process may take it)."""
         if self._lock_fd >= 0:
+            os.ftruncate(self._lock_fd, 0)  # no owner pid left behind for `spool status`
             os.close(self._lock_fd)
             self._lock_fd = -1
 
@@ -416,17 +437,22 @@ class Spool:
             position.segment, position.offset = later[0], 0
         return records, missing
 
-    def release(self, acked_below: int) -> None:
-        """Everything below ``acked_below`` reached Kafka: record it and delete spent segments."""
-        if acked_below <= self.acked_below:
-            return
-        self.acked_below = acked_below
-        tmp = self.slot / "cursor.tmp"
-        tmp.write_text(str(acked_below))
-        os.replace(tmp, self.slot / "cursor")
+    def release(self, acked_below: int, final: bool = False) -> None:
+        """Everything below ``acked_below`` reached Kafka: record it and delete spent segments.
+
+        The cursor file is rewritten at most every 100 ms (and when segments go, or when
+        ``final``): after a crash the last acked records are sent once more, never lost.
+        """
+        if acked_below > self.acked_below:
+            self.acked_below = acked_below
         with self._lock:
             segments, active, next_seq = list(self._segments), self._active, self.next_seq
-        spent = [s for s, end in zip(segments, segments[1:] + [next_seq]) if s != active and end <= acked_below]
+        spent = [s for s, end in zip(segments, segments[1:] + [next_seq]) if s != active and end <= self.acked_below]
+        if self.cursor_lags and (final or spent or not self.cursor_due_in()):
+            tmp = self.slot / "cursor.tmp"
+            tmp.write_text(str(self.acked_below))
+            os.replace(tmp, self.slot / "cursor")
+            self._cursor_on_disk, self._cursor_written = self.acked_below, time.monotonic()
         for first in spent:
             path = segment_path(self.slot, first)
             size = path.stat().st_size
@@ -434,6 +460,14 @@ class Spool:
             with self._lock:
                 self._segments.remove(first)
                 self.bytes -= size
+
+    @property
+    def cursor_lags(self) -> bool:
+        return self._cursor_on_disk != self.acked_below
+
+    def cursor_due_in(self) -> float:
+        """Seconds before the lagging cursor may be written again (0: now)."""
+        return max(0.0, self._cursor_written + 0.1 - time.monotonic())
 
     def depth(self) -> int:
         """Records written and not yet acked."""
