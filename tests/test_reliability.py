@@ -246,3 +246,17 @@ def test_a_slot_another_process_left_is_forwarded_and_released(webhookbus_listen
     values = [r.value for r in read_topic(kafka_broker.bootstrap, topic, 5)]
     assert sorted(values) == [b"left-%d" % n for n in range(5)]
     wait_until(lambda: not list_segments(tmp_path / "3") and slot_owner(tmp_path / "3") is None, timeout=10)
+
+
+def test_serve_will_not_start_without_a_writable_spool(tmp_path):
+    """Hypercorn would otherwise serve on without lifespan: 2xx with nowhere to fall back."""
+    import yaml
+
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    settings = {**config("unused"), "spool": {"directory": str(blocker / "spool")}, "server": {"port": 0}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(settings))
+    run = subprocess.run([sys.executable, "-m", "webhookbus.cli", "serve", "--config", str(tmp_path / "c.yaml")],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert "cannot open the spool" in run.stderr and "Traceback" not in run.stderr

@@ -20,11 +20,11 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import datetime, timezone
 from typing import Any
 
+from webhookbus.audit import RejectionAudit
 from webhookbus.config import Config, Provider
+from webhookbus.delivery import Delivery, Refused
 from webhookbus.events import normalize
 from webhookbus.log import where
-from webhookbus.audit import RejectionAudit
-from webhookbus.delivery import Delivery, Refused
 from webhookbus.plugin import Accepted, InboundRequest, Response, WebhookError
 from webhookbus.publish import Publisher
 from webhookbus.signing import matched_secret_index

@@ -28,11 +28,16 @@ def _load(path: str) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from hypercorn.utils import LifespanFailureError
+
     from webhookbus.server import run
 
     config = _load(args.config)
     log.configure(args.log_level)
-    return run(config)
+    try:
+        return run(config)
+    except LifespanFailureError as exc:  # e.g. the spool directory cannot be written
+        return _fail(str(exc))
 
 
 def cmd_check(args: argparse.Namespace) -> int:

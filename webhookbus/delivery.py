@@ -59,11 +59,11 @@ class Delivery:
 
     def start(self) -> None:
         """Open the spool (resuming what a previous run left) and start the threads."""
-        self.publisher.start()
         spool = self.settings.spool
         self.spool = Spool(spool.directory, spool.max_bytes, spool.segment_bytes)
-        self.spool.start()
         self.dedup = DedupStore(self.spool.slot, spool.dedup_max_entries)
+        self.spool.start()
+        self.publisher.start()
         window = min(2000, max(1, self.settings.kafka.max_in_flight_records // 2))
         self.forwarder = Forwarder(self.spool, self.publisher, batch_records=min(500, window), window=window)
         self.forwarder.start()
