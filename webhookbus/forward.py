@@ -110,18 +110,15 @@ class Forwarder:
 
     def _idle_for(self) -> float | None:
         """None when there is work; else how long to sleep (caller holds the condition)."""
-        if self._acks_changed:
-            return None
-        if self.spool.cursor_lags:  # write it once its 100 ms are up
-            return self.spool.cursor_due_in() or None
         now = time.monotonic()
-        if self._retry and not self._draining:
-            if now >= self._retry_at:
-                return None
-            return self._retry_at - now
+        retry_in = self._retry_at - now if self._retry and not self._draining else 1.0
+        if self._acks_changed or retry_in <= 0:
+            return None
         if not self._draining and self._readable and self._outstanding < self.window:
             return None
-        return 1.0
+        if self.spool.cursor_lags:  # written once its 100 ms are up
+            return min(retry_in, self.spool.cursor_due_in()) or None
+        return min(retry_in, 1.0)
 
     def _send(self, records: list[SpooledRecord]) -> None:
         if not records:
