@@ -130,29 +130,19 @@ def test_serve_refuses_to_start_on_a_bad_config(tmp_path: Path):
     assert "Traceback" not in result.stderr
 
 
-def _rsa_pems() -> tuple[bytes, bytes]:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return private, public
-
-
 @pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.joinpath("config").rglob("*.yaml")), ids=str)
 def test_example_configs_load(path: Path, monkeypatch, tmp_path: Path):
     """Every example under config/ really loads, with the sample secrets `make run` uses and,
     where an example names key files an operator provides, freshly generated keys in their place."""
-    from webhookbus.testing.samples import DEV_SECRETS
+    from webhookbus.testing.samples import DEV_SECRETS, dev_platform_public_pem, new_private_pem
 
     for name, value in DEV_SECRETS.items():
         monkeypatch.setenv(name, value)
     text = path.read_text()
     for key_dir in ("/etc/webhookbus/truvalidate/", ".dev/truvalidate/"):
         if key_dir in text:
-            private, public = _rsa_pems()
+            private = new_private_pem()
+            public = dev_platform_public_pem(private)
             (tmp_path / "service.pem").write_bytes(private)
             for name in ("platform-current.pem", "platform.pem"):
                 (tmp_path / name).write_bytes(public)

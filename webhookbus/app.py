@@ -172,7 +172,6 @@ class WebhookBus:
         body = await self._read_body(receive, limit)
         client = scope.get("client")
         return InboundRequest(
-            tls_peer=self._tls_peer(headers, client),
             provider=provider.name,
             method=scope["method"],
             path=scope["path"],
@@ -182,6 +181,7 @@ class WebhookBus:
             body=body,
             received_at=datetime.now(timezone.utc),
             client=f"{client[0]}:{client[1]}" if client else None,
+            tls_peer=self._tls_peer(headers, client),
         )
 
     async def _read_body(self, receive: Receive, limit: int) -> bytes:

@@ -326,7 +326,8 @@ def dev_platform_public_pem(private_pem: bytes = DEV_PLATFORM_KEY) -> bytes:
     return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def _new_private_pem() -> bytes:
+def new_private_pem() -> bytes:
+    """A fresh 2048-bit RSA private key, PEM (PKCS#8), for development and test key files."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -338,10 +339,10 @@ def _new_private_pem() -> bytes:
 # this order: a platform signing key standing in for TruValidate's (the sample signer finds it
 # beside platform.pem), its public half, and the service's key.
 DEV_FILES: dict[str, Callable[[], bytes]] = {
-    ".dev/truvalidate/platform-signing.pem": _new_private_pem,
+    ".dev/truvalidate/platform-signing.pem": new_private_pem,
     ".dev/truvalidate/platform.pem": lambda: dev_platform_public_pem(
         Path(".dev/truvalidate/platform-signing.pem").read_bytes()),
-    ".dev/truvalidate/service.pem": _new_private_pem,
+    ".dev/truvalidate/service.pem": new_private_pem,
 }
 
 
