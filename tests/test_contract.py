@@ -3,6 +3,7 @@ variant, signed by the test kit's signers; and proof that the suite catches a br
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from functools import partial
@@ -101,6 +102,12 @@ class EchoesTheHeader(HmacVerifier):
             raise VerificationFailed(f"bad signature {request.headers.get('x-signature')}") from None
 
 
+class MisstatesDataJson(HmacVerifier):
+    def verify(self, request: InboundRequest) -> Accepted:
+        (event,) = super().verify(request).events
+        return Accepted(dataclasses.replace(event, data={**event.data, "added": True}))  # data_json kept
+
+
 class KeepsStateOnSelf(HmacVerifier):
     def verify(self, request: InboundRequest) -> Accepted:
         self.request = request
@@ -129,6 +136,7 @@ def test_an_async_verifier_keeps_the_contract():
     (CrashesOnGarbage, "test_survives_oversized_and_garbage_headers", "raised ValueError"),
     (EchoesTheHeader, "test_survives_oversized_and_garbage_headers", "echo"),
     (KeepsStateOnSelf, "test_concurrent_calls_do_not_interfere", "assert"),
+    (MisstatesDataJson, "test_accepts_a_correctly_signed_request_with_well_formed_events", "parse to data"),
 ])
 def test_the_suite_fails_a_broken_verifier(broken, check, finding):
     with pytest.raises((pytest.fail.Exception, AssertionError), match=finding):

@@ -41,7 +41,8 @@ def rfc3339(moment: datetime) -> str:
 @dataclass(frozen=True, slots=True)
 class CloudEvent:
     """One verified provider event, ready to route.  ``raw_body`` never leaves the
-    process unless a route asks for it (as the ``rawbody`` extension, base64)."""
+    process unless a route asks for it (as the ``rawbody`` extension, base64).
+    ``data_json``, when set, is ``data`` as UTF-8 JSON text, written into records as is."""
 
     id: str
     source: str
@@ -52,6 +53,7 @@ class CloudEvent:
     datacontenttype: str = "application/json"
     extensions: dict[str, str] = field(default_factory=dict)
     raw_body: bytes = b""
+    data_json: bytes | None = None
 
     def attributes(self, include_raw_body: bool = False) -> dict[str, str]:
         """Every context attribute as the string the Kafka binding carries."""
@@ -88,24 +90,38 @@ def normalize(request: InboundRequest, verifier: str, event: ProviderEvent) -> C
         # The plugin's extensions first: it may add attributes, never overwrite ours.
         extensions={**event.extensions, "receivedtime": rfc3339(request.received_at), "verifier": verifier},
         raw_body=request.body,
+        data_json=event.data_json,
     )
 
 
+# Built once: json.dumps with options builds an encoder per call.  No circular-reference
+# bookkeeping: data comes from a JSON parser, and a cycle still fails (RecursionError).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False)
+_STRUCTURED_CONTENT_TYPE = STRUCTURED_CONTENT_TYPE.encode()
+
+
 def _json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    return _ENCODER.encode(value).encode()
 
 
 def encode_structured(event: CloudEvent, include_raw_body: bool = False) -> tuple[bytes, Headers]:
-    document: dict[str, Any] = dict(event.attributes(include_raw_body))
-    document["data"] = event.data
-    return _json(document), [("content-type", STRUCTURED_CONTENT_TYPE.encode())]
+    document: dict[str, Any] = event.attributes(include_raw_body)  # a new dict: ours to complete
+    headers: Headers = [("content-type", _STRUCTURED_CONTENT_TYPE)]
+    if not event.data_json:
+        document["data"] = event.data
+        return _json(document), headers
+    # The attributes alone, then the data's own text spliced in before the closing brace:
+    # one copy of the body instead of a JSON encoding of its parse.
+    document.pop("data", None)  # an extension named "data" loses to the data, as above
+    attributes = _json(document)
+    return b"".join((attributes[:-1], b',"data":', event.data_json, b"}")), headers
 
 
 def encode_binary(event: CloudEvent, include_raw_body: bool = False) -> tuple[bytes, Headers]:
     attrs = event.attributes(include_raw_body)
     headers: Headers = [("content-type", attrs.pop("datacontenttype").encode())]
     headers.extend((f"ce_{name}", value.encode()) for name, value in attrs.items())
-    return _json(event.data), headers
+    return event.data_json or _json(event.data), headers
 
 
 def decode_kafka(value: bytes | None, headers: Headers) -> dict[str, Any]:

@@ -77,6 +77,11 @@ class ProviderEvent:
     provider's own event id (what a retry repeats); leave it ``None`` and a SHA-256 of
     the body is used.  ``time`` defaults to the receipt time.  ``data`` must be
     JSON-serialisable: it is what consumers read, so keep the payload as parsed.
+
+    ``data_json`` is the JSON text ``data`` was parsed from, verbatim (normally the raw body,
+    see :func:`parse_json`): webhookbus copies these bytes into Kafka records instead of
+    serialising ``data`` again (for a 100 KB body, about a millisecond per record).
+    Must be UTF-8 JSON that parses to ``data``; leave it ``None`` when ``data`` was built or changed.
     """
 
     name: str
@@ -85,6 +90,20 @@ class ProviderEvent:
     subject: str | None = None
     time: datetime | None = None
     extensions: Mapping[str, str] = field(default_factory=dict)
+    data_json: bytes | None = None
+
+
+def parse_json(body: bytes, **loads_options: Any) -> tuple[Any, bytes | None]:
+    """``body`` parsed as JSON, and what to pass as ``ProviderEvent.data_json`` with it: the
+    body itself (without the BOM some senders prepend), or ``None`` when it is not UTF-8 (the
+    UTF-16 and UTF-32 that :func:`json.loads` also reads).  Raises what ``json.loads`` raises."""
+    if body[:3] == b"\xef\xbb\xbf":
+        body = body[3:]
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return json.loads(body, **loads_options), None
+    return json.loads(text, **loads_options), body
 
 
 @dataclass(frozen=True, slots=True)

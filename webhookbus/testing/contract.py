@@ -186,6 +186,9 @@ class VerifierContract:
             for name, value in event.extensions.items():
                 assert _EXTENSION_NAME.fullmatch(name) and name not in _RESERVED, f"extension name {name!r}"
                 assert isinstance(value, str), f"extension {name} must be a string"
+            if event.data_json is not None:  # copied into records as is: it must say what data says
+                assert isinstance(event.data_json, bytes), "data_json must be bytes"
+                assert json.loads(event.data_json.decode("utf-8")) == event.data, "data_json must parse to data"
             cloud_event = normalize(request, "contract", event)
             value, _ = encode_structured(cloud_event)
             assert json.loads(value)["type"] == f"{contract_case.provider}.{event.name}"

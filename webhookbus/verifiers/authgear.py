@@ -11,7 +11,6 @@ fails the user's sign-up or sign-in.
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -28,6 +27,7 @@ from webhookbus.plugin import (
     Secrets,
     VerificationFailed,
     VerifierOptions,
+    parse_json,
 )
 from webhookbus.signing import decode_digest, require_match
 
@@ -130,7 +130,7 @@ class AuthgearVerifier:
         index = require_match(self.secrets, request.body, decode_digest(signature, ["hex"]))
         log.debug("authgear signature verified", extra={"secret_index": index})
         try:
-            body = json.loads(request.body)
+            body, body_json = parse_json(request.body)
         except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             raise MalformedPayload("body is not valid JSON") from None
         if not isinstance(body, dict) or not isinstance(body.get("type"), str) or not body["type"]:
@@ -142,6 +142,7 @@ class AuthgearVerifier:
             id=_text(body.get("id")),
             subject=_text(dotted_get(body, "context.user_id")) or _text(dotted_get(body, "payload.user.id")),
             time=_unix_time(dotted_get(body, "context.timestamp")),
+            data_json=body_json,
         )
         if not is_blocking(event_type):
             return Accepted(event)

@@ -8,7 +8,6 @@ and id come from JSON fields named in the options, so a new vendor needs YAML on
 from __future__ import annotations
 
 import hashlib
-import json
 from pydantic import Field
 
 from webhookbus.events import dotted_get
@@ -20,6 +19,7 @@ from webhookbus.plugin import (
     Secrets,
     VerificationFailed,
     VerifierOptions,
+    parse_json,
 )
 from webhookbus.signing import Encoding, decode_digest, require_match
 
@@ -53,7 +53,7 @@ class HmacVerifier:
         candidates = decode_digest(signature[len(self.options.prefix):], [self.options.encoding])
         require_match(self.secrets, request.body, candidates)
         try:
-            data = json.loads(request.body)
+            data, data_json = parse_json(request.body)
         except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; RecursionError: "[[[[..."
             raise MalformedPayload("body is not valid JSON") from None
         name = dotted_get(data, self.options.event_field)
@@ -65,5 +65,6 @@ class HmacVerifier:
                 data=data,
                 id=str(event_id) if event_id is not None else hashlib.sha256(request.body).hexdigest(),
                 subject=str(subject) if subject is not None else None,
+                data_json=data_json,
             )
         )

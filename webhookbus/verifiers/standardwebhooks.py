@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from datetime import datetime, timezone
 from typing import Any
@@ -29,6 +28,7 @@ from webhookbus.plugin import (
     Secrets,
     VerificationFailed,
     VerifierOptions,
+    parse_json,
 )
 from webhookbus.signing import check_timestamp, decode_digest, require_match
 
@@ -96,7 +96,7 @@ class StandardWebhooksVerifier:
         if not _MESSAGE_ID.fullmatch(message_id):
             raise MalformedPayload(f"{self.id_header} must be 1-256 printable ASCII characters")
         try:
-            data = json.loads(request.body)
+            data, data_json = parse_json(request.body)
         except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             raise MalformedPayload("body is not valid JSON") from None
         name = dotted_get(data, self.options.event_field)
@@ -108,6 +108,7 @@ class StandardWebhooksVerifier:
                 id=message_id,
                 subject=str(subject) if isinstance(subject, (str, int)) and not isinstance(subject, bool) else None,
                 time=_event_time(dotted_get(data, "timestamp")),
+                data_json=data_json,
             )
         )
 

@@ -30,6 +30,7 @@ from webhookbus.plugin import (
     Secrets,
     VerificationFailed,
     VerifierOptions,
+    parse_json,
 )
 from webhookbus.signing import check_timestamp, decode_digest, matching_secret, require_match
 
@@ -68,26 +69,29 @@ class UipVerifier:
         if not candidates:
             raise VerificationFailed("signature header is not a valid digest")
         index = matching_secret(self.secrets, request.body, candidates)
-        body = None
+        parsed = None
         if index is None and self.options.accept_compact_json:
-            body = _try_parse(request.body)  # unparsable: no compact form, so a plain 401
-            if body is not None:
-                index = matching_secret(self.secrets, compact_json(body), candidates)
+            parsed = _try_parse(request.body)  # unparsable: no compact form, so a plain 401
+            if parsed is not None:
+                # If this matches, UIP signed the compact text, not the body (whose bytes need
+                # only parse to the same value): records then carry the signed text.
+                parsed = (parsed[0], compact_json(parsed[0]))
+                index = matching_secret(self.secrets, parsed[1], candidates)
         if index is None:
             raise VerificationFailed("signature does not match")
         log.debug("uip v1 signature verified", extra={"secret_index": index})
-        body = parse_body(request.body) if body is None else body
+        body, body_json = parse_body(request.body) if parsed is None else parsed
         name = body.get("event")
         if not isinstance(name, str) or not name:
             raise MalformedPayload("body has no event name")
         return Accepted(ProviderEvent(name=name, data=body, id=_text(body, "data.audit_id"),
-                                      subject=_first_text(body, V1_SUBJECTS)))
+                                      subject=_first_text(body, V1_SUBJECTS), data_json=body_json))
 
     def _verify_v2(self, request: InboundRequest, candidates: list[bytes], timestamp: str) -> Accepted:
         seconds = check_timestamp(timestamp, self.options.tolerance_seconds, now=request.received_at.timestamp())
         index = require_match(self.secrets, timestamp.encode() + b"." + request.body, candidates)
         log.debug("uip v2 signature verified", extra={"secret_index": index})
-        body = parse_body(request.body)
+        body, body_json = parse_body(request.body)
         signed_name = body.get("event")
         header_name = request.headers.get("x-uip-event") or None
         if header_name is not None and not _EVENT_NAME.fullmatch(header_name):
@@ -104,6 +108,7 @@ class UipVerifier:
                 id=_text(body, "data.audit_id") or request.headers.get("x-uip-delivery-id") or None,
                 subject=_first_text(body, V2_SUBJECTS),
                 time=datetime.fromtimestamp(seconds, timezone.utc),
+                data_json=body_json,
             )
         )
 
@@ -121,19 +126,20 @@ def compact_json(body: Any) -> bytes:
     return _LONE_SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", text).encode("utf-8")
 
 
-def parse_body(raw: bytes) -> dict[str, Any]:
-    body = _try_parse(raw)
-    if body is None:
+def parse_body(raw: bytes) -> tuple[dict[str, Any], bytes | None]:
+    """The body as a JSON object, and its text for ``ProviderEvent.data_json``."""
+    parsed = _try_parse(raw)
+    if parsed is None:
         raise MalformedPayload("body is not a JSON object")
-    return body
+    return parsed
 
 
-def _try_parse(raw: bytes) -> dict[str, Any] | None:
+def _try_parse(raw: bytes) -> tuple[dict[str, Any], bytes | None] | None:
     try:
-        body = json.loads(raw, parse_constant=_reject_constant)
+        body, text = parse_json(raw, parse_constant=_reject_constant)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return None
-    return body if isinstance(body, dict) else None
+    return (body, text) if isinstance(body, dict) else None
 
 
 def _reject_constant(name: str) -> Any:

@@ -55,6 +55,7 @@ def test_independent_vector():
     assert (event.name, event.id, event.time) == ("customer.created", "evt_1NG8Du2eZvKYlo2CUI79vXWy", VECTOR_TIME)
     assert event.subject is None  # a customer object has no data.object.customer
     assert verifier(subject_field="data.object.id").verify(request(VECTOR_HEADER)).events[0].subject == "cus_9"
+    assert event.data_json == VECTOR_BODY  # records carry these bytes, not a re-serialisation of event.data
 
 
 def test_one_v1_per_secret_while_rolling_and_the_matching_index_is_reported():

@@ -13,7 +13,6 @@ the event fields, and keep the shape (options model, ``__init__`` checking the s
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from typing import Any
 
@@ -28,6 +27,7 @@ from webhookbus.plugin import (
     Secrets,
     VerificationFailed,
     VerifierOptions,
+    parse_json,
 )
 from webhookbus.signing import check_timestamp, decode_digest, require_match
 
@@ -64,9 +64,10 @@ class StripeVerifier:
         # Any configured secret may match (rotation); the listener logs which one by index, never the value.
         require_match(self.secrets, f"{timestamp}.".encode() + request.body, candidates)
 
-        # Only now is the body trusted enough to parse.
+        # Only now is the body trusted enough to parse.  parse_json also returns the JSON text to
+        # hand over as data_json, so webhookbus copies it into records instead of re-serialising.
         try:
-            event = json.loads(request.body)
+            event, event_json = parse_json(request.body)
         except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             raise MalformedPayload("body is not valid JSON") from None
         if not isinstance(event, dict) or not isinstance(event.get("type"), str) or not event["type"]:
@@ -78,6 +79,7 @@ class StripeVerifier:
                 id=_text(event.get("id")),               # evt_...: the same on every retry, so consumers dedup on it
                 subject=_text(dotted_get(event, self.options.subject_field)),
                 time=_created(event.get("created")),
+                data_json=event_json,                    # the text data came from; None if you build or change data
             )
         )
 
