@@ -1,17 +1,23 @@
-"""The publisher against a stand-in producer: the bound on records in flight, abandoned batches, replacement."""
+"""Publishing: the producer thread against a stand-in producer (bound, abandon, replacement),
+then the listener's Publisher against its real producer process and a real broker."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
 
 import pytest
 from kafka.errors import UnknownProducerIdError
 from kafka.future import Future
 
-from webhookbus import publish
+from webhookbus import producer
 from webhookbus.config import KafkaSettings
+from webhookbus.producer import ProducerThread
 from webhookbus.publish import PublishFailed, Publisher
-from webhookbus.routing import KafkaMessage
+from webhookbus.records import Batch, KafkaMessage
+from webhookbus.testing.broker import read_topic
 
 
 class StandInProducer:
@@ -33,62 +39,142 @@ class StandInProducer:
         self.closed = True
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def stand_in(monkeypatch):
     StandInProducer.instances = []
-    monkeypatch.setattr(publish, "KafkaProducer", StandInProducer)
+    monkeypatch.setattr(producer, "KafkaProducer", StandInProducer)
 
 
-def message(n: int) -> list[KafkaMessage]:
-    return [KafkaMessage("t", None, b"m%d" % n, [], "r")]
+def message(n: int, topic: str = "t") -> list[KafkaMessage]:
+    return [KafkaMessage(topic, None, b"m%d" % n, [("h", b"v")], "r")]
 
 
 def all_sent() -> list[bytes]:
-    return [value for producer in StandInProducer.instances for value, _ in producer.sent]
+    return [value for instance in StandInProducer.instances for value, _ in instance.sent]
 
 
-def test_a_slow_broker_bounds_what_kafka_python_holds_and_abandoned_requests_are_never_sent():
+def wait_until(condition, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_a_slow_broker_bounds_what_kafka_python_holds_and_abandoned_batches_are_never_sent(stand_in):
+    engine = ProducerThread({}, max_in_flight_records=3, stall_after=60)
+    engine.start()
+    answered: list[tuple[bytes, list[int]]] = []
+    batches = [Batch(message(n), callbacks=[lambda b: answered.append((b.messages[0].value, b.failed))]) for n in range(6)]
+    for batch in batches:
+        engine.submit(batch)
+    wait_until(lambda: len(all_sent()) == 3)
+    time.sleep(0.1)
+    assert all_sent() == [b"m0", b"m1", b"m2"], "only max_in_flight_records were handed to kafka-python"
+    assert [engine.abandon(batch) for batch in batches] == [False, False, False, True, True, True]
+    assert answered == [(b"m3", [0]), (b"m4", [0]), (b"m5", [0])], "abandoned batches are answered as failed"
+
+    for _, future in StandInProducer.instances[0].sent:  # the broker finally answers
+        future.success(None)
+    engine.submit(Batch(message(6)))
+    wait_until(lambda: len(all_sent()) == 4)
+    assert all_sent() == [b"m0", b"m1", b"m2", b"m6"], "abandoned batches were dropped, not sent late"
+    assert [value for value, failed in answered if not failed] == [b"m0", b"m1", b"m2"]
+    StandInProducer.instances[0].sent[3][1].success(None)
+    engine.close(2)
+
+
+def test_a_producer_that_failed_for_good_is_replaced_and_its_callers_told(stand_in):
+    statuses: list[tuple[bool, int]] = []
+    engine = ProducerThread({}, max_in_flight_records=100, stall_after=60, on_status=lambda *s: statuses.append(s))
+    engine.start()
+    done: list[list[int]] = []
+    batch = Batch(message(0) + message(1), callbacks=[lambda b: done.append(sorted(b.failed))])
+    engine.submit(batch)
+    wait_until(lambda: len(all_sent()) == 2)
+    first = StandInProducer.instances[0]
+    first.sent[0][1].success(None)
+    first.sent[1][1].failure(UnknownProducerIdError())  # what a restarted broker answers
+    assert done == [[1]] and batch.error == "broker rejected a message: UnknownProducerIdError"
+
+    engine.submit(Batch(message(2)))
+    wait_until(lambda: len(StandInProducer.instances) == 2 and StandInProducer.instances[1].sent)
+    assert first.closed and engine.producers_replaced == 1
+    assert statuses == [(True, 0), (False, 1), (True, 1)], "the listener hears of the replacement"
+    StandInProducer.instances[1].sent[0][1].success(None)
+    engine.close(2)
+
+
+# -- the listener's side, with a real producer process ------------------------------------
+
+def settings(bootstrap: str, publish_timeout: float = 2.5) -> KafkaSettings:
+    return KafkaSettings(bootstrap_servers=[bootstrap], publish_timeout=publish_timeout)
+
+
+async def started(publisher: Publisher, timeout: float = 20.0) -> None:
+    publisher.start()
+    deadline = time.monotonic() + timeout
+    while not publisher.ready()[0]:
+        assert time.monotonic() < deadline, "the producer process did not connect"
+        await asyncio.sleep(0.05)
+
+
+def test_records_reach_kafka_through_the_producer_process_and_threads_may_submit(kafka_broker, topic_name):
+    topic = topic_name("pub")
+
     async def main() -> None:
-        publisher = Publisher(KafkaSettings(max_in_flight_records=3))
-        publisher.start()
-        outcomes = await asyncio.gather(*(publisher.publish(message(n), 0.3) for n in range(6)), return_exceptions=True)
-        assert all(isinstance(o, PublishFailed) for o in outcomes)
-        assert all_sent() == [b"m0", b"m1", b"m2"], "only max_in_flight_records were handed to kafka-python"
-        in_flight = [o.in_flight is not None for o in outcomes]
-        assert in_flight == [True, True, True, False, False, False], "the caller learns which may still land"
-
-        for _, future in StandInProducer.instances[0].sent:  # the broker finally answers
-            future.success(None)
-        task = asyncio.ensure_future(publisher.publish(message(6), 2))
-        while len(all_sent()) < 4:
-            await asyncio.sleep(0.01)
-        assert all_sent() == [b"m0", b"m1", b"m2", b"m6"], "requests that gave up waiting were dropped, not sent late"
-        StandInProducer.instances[0].sent[3][1].success(None)
-        await task
-        await publisher.close(2)
+        publisher = Publisher(settings(kafka_broker.bootstrap))
+        await started(publisher)
+        await publisher.publish(message(1, topic) + message(2, topic), 10)
+        answered = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        await asyncio.to_thread(publisher.submit, message(3, topic),
+                                lambda batch: loop.call_soon_threadsafe(answered.set_result, batch.failed))
+        assert await asyncio.wait_for(answered, 10) == []
+        await publisher.close(5)
+        assert publisher.processes_started == 1
 
     asyncio.run(main())
+    records = read_topic(kafka_broker.bootstrap, topic, 3, timeout=10)
+    assert sorted(record.value for record in records) == [b"m1", b"m2", b"m3"]
+    assert all(record.headers == [("h", b"v")] for record in records), "headers travel through the pipe"
 
 
-def test_a_producer_that_failed_for_good_is_replaced_and_its_callers_told():
+def test_a_dead_producer_process_fails_what_it_held_and_is_replaced(own_broker, topic_name):
+    topic = topic_name("dead")
+
     async def main() -> None:
-        publisher = Publisher(KafkaSettings())
-        publisher.start()
-        done: list[list[int]] = []
-        batch = publisher.submit(message(0) + message(1), lambda b: done.append(sorted(b.failed)))
-        while len(all_sent()) < 2:
-            await asyncio.sleep(0.01)
-        first = StandInProducer.instances[0]
-        first.sent[0][1].success(None)
-        first.sent[1][1].failure(UnknownProducerIdError())  # what a restarted broker answers
-        assert done == [[1]] and batch.error == "broker rejected a message: UnknownProducerIdError"
+        publisher = Publisher(settings(own_broker.bootstrap, publish_timeout=30))
+        await started(publisher)
+        await publisher.publish(message(0, topic), 10)
+        own_broker.stop()  # what is published now stays in kafka-python's hands
+        pending = asyncio.ensure_future(publisher.publish(message(1, topic), 30))
+        await asyncio.sleep(0.5)
+        os.kill(publisher._process.pid, signal.SIGKILL)  # noqa: SLF001
+        with pytest.raises(PublishFailed) as failed:
+            await asyncio.wait_for(pending, 10)
+        assert failed.value.reason == "producer process exited"
+        own_broker.start()
+        while publisher.processes_started < 2 or not publisher.ready()[0]:
+            await asyncio.sleep(0.05)
+        await publisher.publish(message(2, topic), 20)
+        await publisher.close(5)
 
-        task = asyncio.ensure_future(publisher.publish(message(2), 2))
-        while len(StandInProducer.instances) < 2 or not StandInProducer.instances[1].sent:
-            await asyncio.sleep(0.01)
-        assert first.closed and publisher.producers_replaced == 1
-        StandInProducer.instances[1].sent[0][1].success(None)
-        await task
-        await publisher.close(2)
+    asyncio.run(main())
+    assert b"m2" in [record.value for record in read_topic(own_broker.bootstrap, topic, 1, timeout=10)]
+
+
+def test_the_producer_process_exits_at_once_when_the_listener_vanishes(own_broker, topic_name):
+    async def main() -> None:
+        publisher = Publisher(settings(own_broker.bootstrap, publish_timeout=30))
+        await started(publisher)
+        own_broker.stop()
+        publisher.submit(message(1, topic_name("gone")))
+        await asyncio.sleep(0.3)
+        process = publisher._process  # noqa: SLF001
+        publisher._closing = True  # noqa: SLF001 - no replacement: this is the listener dying
+        publisher._pipe.transport.abort()  # noqa: SLF001 - the socket ends without a CLOSE
+        started_at = time.monotonic()
+        code = await asyncio.to_thread(process.wait, 10)
+        assert code == 1 and time.monotonic() - started_at < 5, "it did not wait to flush for a listener that is gone"
 
     asyncio.run(main())

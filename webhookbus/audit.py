@@ -17,7 +17,7 @@ from webhookbus.config import AuditSettings
 from webhookbus.events import CloudEvent, encode_structured
 from webhookbus.plugin import InboundRequest, WebhookError
 from webhookbus.publish import Publisher
-from webhookbus.routing import KafkaMessage
+from webhookbus.records import KafkaMessage
 
 EVENT_TYPE = "webhookbus.request.rejected"
 

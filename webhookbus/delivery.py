@@ -23,7 +23,8 @@ from webhookbus.config import Config, Provider
 from webhookbus.dedup import DedupStore, dedup_key
 from webhookbus.events import CloudEvent
 from webhookbus.forward import Forwarder
-from webhookbus.publish import Batch, PublishFailed, Publisher
+from webhookbus.publish import PublishFailed, Publisher
+from webhookbus.records import Batch
 from webhookbus.routing import KafkaMessage, messages_for
 from webhookbus.spool import Spool, SpoolError, SpoolFull, slots_with_records
 

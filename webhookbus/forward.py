@@ -18,7 +18,8 @@ import time
 from collections import deque
 from functools import partial
 
-from webhookbus.publish import Batch, Publisher
+from webhookbus.publish import Publisher
+from webhookbus.records import Batch
 from webhookbus.spool import Spool, SpooledRecord
 
 log = logging.getLogger("webhookbus.forward")

@@ -6,22 +6,11 @@ Every matching route gets the event (fan-out).  An event no route matches follow
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 from webhookbus.config import RouteSettings, Settings
 from webhookbus.events import CloudEvent, encode_binary, encode_structured
-
-
-@dataclass(frozen=True, slots=True)
-class KafkaMessage:
-    """One record to produce; ``route`` names the route that asked for it, for logs."""
-
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: list[tuple[str, bytes]]
-    route: str
+from webhookbus.records import KafkaMessage
 
 
 def route_matches(route: RouteSettings, event: CloudEvent) -> bool:

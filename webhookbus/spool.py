@@ -32,19 +32,11 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from webhookbus.routing import KafkaMessage
-
-if TYPE_CHECKING:
-    from webhookbus.publish import Batch
+from webhookbus.records import FRAME, HEAD, MAX_FRAME, Batch, KafkaMessage, SpooledRecord, decode, encode
 
 log = logging.getLogger("webhookbus.spool")
 
-_FRAME = struct.Struct("<II")  # payload length, CRC-32 of the payload
-_HEAD = struct.Struct("<QdHiIH")  # seq, accepted_at, topic length, key length (-1: none), value length, header count
-_HEADER = struct.Struct("<HI")  # header name length, value length
-MAX_FRAME = 256 << 20  # a length field above this is damage, not a record
 MAX_SLOTS = 64
 
 
@@ -60,46 +52,6 @@ class SpoolError(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
-class SpooledRecord:
-    seq: int
-    accepted_at: float
-    message: KafkaMessage
-
-
-def encode(seq: int, accepted_at: float, message: KafkaMessage) -> bytes:
-    """One frame: header, CRC and the record's bytes as routing produced them."""
-    topic = message.topic.encode()
-    key = message.key
-    parts = [
-        _HEAD.pack(seq, accepted_at, len(topic), -1 if key is None else len(key), len(message.value), len(message.headers)),
-        topic, key or b"", message.value,
-    ]
-    for name, value in message.headers:
-        raw_name = name.encode()
-        parts += [_HEADER.pack(len(raw_name), len(value)), raw_name, value]
-    payload = b"".join(parts)
-    return _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
-
-
-def decode(payload: bytes) -> SpooledRecord:
-    seq, accepted_at, topic_len, key_len, value_len, header_count = _HEAD.unpack_from(payload)
-    at = _HEAD.size
-    topic = payload[at:at + topic_len].decode()
-    at += topic_len
-    key = None if key_len < 0 else payload[at:at + key_len]
-    at += max(key_len, 0)
-    value = payload[at:at + value_len]
-    at += value_len
-    headers: list[tuple[str, bytes]] = []
-    for _ in range(header_count):
-        name_len, header_len = _HEADER.unpack_from(payload, at)
-        at += _HEADER.size
-        headers.append((payload[at:at + name_len].decode(), payload[at + name_len:at + name_len + header_len]))
-        at += name_len + header_len
-    return SpooledRecord(seq, accepted_at, KafkaMessage(topic, key, value, headers, "spool"))
-
-
 def read_frames(path: Path, offset: int = 0, limit: int | None = None,
                 max_records: int | None = None) -> tuple[list[SpooledRecord], int, bool]:
     """Whole, intact records of one segment from ``offset`` (up to byte ``limit``).
@@ -113,20 +65,20 @@ def read_frames(path: Path, offset: int = 0, limit: int | None = None,
         while max_records is None or len(records) < max_records:
             if limit is not None and offset >= limit:
                 return records, offset, False
-            head = file.read(_FRAME.size)
+            head = file.read(FRAME.size)
             if not head:
                 return records, offset, False
-            if len(head) < _FRAME.size:
+            if len(head) < FRAME.size:
                 return records, offset, True
-            length, crc = _FRAME.unpack(head)
+            length, crc = FRAME.unpack(head)
             payload = file.read(length) if length <= MAX_FRAME else b""
-            if len(payload) != length or length < _HEAD.size or zlib.crc32(payload) != crc:
+            if len(payload) != length or length < HEAD.size or zlib.crc32(payload) != crc:
                 return records, offset, True
             try:
                 records.append(decode(payload))
             except (struct.error, UnicodeDecodeError):
                 return records, offset, True
-            offset += _FRAME.size + length
+            offset += FRAME.size + length
     return records, offset, False
 
 
@@ -280,7 +232,7 @@ class Spool:
     async def append(self, messages: Sequence[KafkaMessage], after: Batch | None = None) -> None:
         """Return once ``messages`` are on disk and synced; :class:`SpoolFull` / :class:`SpoolError` otherwise."""
         assert self._loop is not None, "Spool.start() was not called"
-        size = sum(_FRAME.size + _HEAD.size + len(m.topic) + len(m.key or b"") + len(m.value) + 64 for m in messages)
+        size = sum(FRAME.size + HEAD.size + len(m.topic) + len(m.key or b"") + len(m.value) + 64 for m in messages)
         with self._lock:
             if self.bytes + self._queued_bytes + size > self.max_bytes:
                 raise SpoolFull(f"spool holds {self.bytes} bytes, the limit is {self.max_bytes}")
