@@ -3,31 +3,87 @@
 Operators grep and ship these lines, so every field is a plain value and nothing here
 ever formats a traceback: an unexpected error is logged as its type and the file:line
 where it was raised, which is enough to find the bug and cannot leak request data.
+
+Every request writes a line, so a line must be cheap: in bench/ the logging machinery
+was a sixth of a request's CPU.  Lines are formatted without a throwaway encoder, and
+INFO lines are written in batches, at most :data:`FLUSH_INTERVAL` seconds late, instead
+of one ``write`` each; warnings and errors are written at once, and every pending line
+at exit.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import threading
 import time
 import traceback
+from typing import TextIO
 
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+FLUSH_INTERVAL = 0.2
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._encode = json.JSONEncoder(default=str, ensure_ascii=False).encode
+        self._second, self._stamp = -1, ""
+
     def format(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         line = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": f"{self._stamp}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        line.update((k, v) for k, v in vars(record).items() if k not in _STANDARD)
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD:
+                line[key] = value
         if record.exc_info and record.exc_info[1] is not None:
             line["error"] = where(record.exc_info[1])
-        return json.dumps(line, default=str, ensure_ascii=False)
+        return self._encode(line)
+
+
+class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that writes INFO and below in batches (see the module docstring)."""
+
+    def __init__(self, stream: TextIO, interval: float = FLUSH_INTERVAL) -> None:
+        super().__init__(stream)
+        self._pending: list[str] = []
+        self._interval = interval
+        self._flusher: threading.Thread | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:  # called with self.lock held
+        try:
+            self._pending.append(self.format(record) + "\n")
+            if record.levelno >= logging.WARNING or len(self._pending) >= 512:
+                self._write()
+            elif self._flusher is None or not self._flusher.is_alive():  # also after a fork
+                self._flusher = threading.Thread(target=self._flush_now_and_then, name="webhookbus-log", daemon=True)
+                self._flusher.start()
+        except Exception:
+            self.handleError(record)
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._write()
+
+    def _write(self) -> None:
+        if self._pending:
+            lines, self._pending = "".join(self._pending), []
+            self.stream.write(lines)
+            self.stream.flush()
+
+    def _flush_now_and_then(self) -> None:
+        while True:
+            time.sleep(self._interval)
+            self.flush()
 
 
 def where(exc: BaseException) -> str:
@@ -39,8 +95,21 @@ def where(exc: BaseException) -> str:
     return f"{type(exc).__name__} at {last.filename.rsplit('/', 1)[-1]}:{last.lineno}"
 
 
+def _drop_inherited_lines() -> None:
+    """In a forked child: the parent writes the lines pending at the fork, not both of them."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, BatchingHandler):
+            handler._pending = []  # noqa: SLF001
+
+
+os.register_at_fork(after_in_child=_drop_inherited_lines)
+
+
 def configure(level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    # What a record would gather and no line shows (the Logging HOWTO, "Optimization").
+    logging._srcfile = None  # type: ignore[attr-defined]  # noqa: SLF001 - caller file/line
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    handler = BatchingHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

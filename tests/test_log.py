@@ -1,0 +1,69 @@
+"""The log: JSON lines, INFO written in batches, warnings at once, nothing lost at exit or doubled by a fork."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+
+from webhookbus.log import BatchingHandler, JsonFormatter
+
+
+def handler_on(stream: io.StringIO, interval: float = 60.0) -> logging.Logger:
+    handler = BatchingHandler(stream, interval=interval)  # type: ignore[arg-type]
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger(f"test-log-{time.monotonic_ns()}")
+    logger.propagate = False
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    return logger
+
+
+def lines(stream: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_info_lines_wait_for_the_flusher_warnings_take_them_along():
+    stream = io.StringIO()
+    log = handler_on(stream)
+    log.info("request", extra={"request_id": "r1", "status": 200, "events": ["e1"]})
+    log.info("request", extra={"request_id": "r2", "status": 200})
+    assert stream.getvalue() == "", "INFO lines are batched, not one write each"
+    log.warning("request", extra={"request_id": "r3", "status": 401})
+    written = lines(stream)
+    assert [line["request_id"] for line in written] == ["r1", "r2", "r3"], "in order, all of them"
+    assert written[0]["level"] == "info" and written[0]["events"] == ["e1"] and written[0]["ts"].endswith("Z")
+
+
+def test_the_flusher_writes_batched_lines_within_its_interval():
+    stream = io.StringIO()
+    log = handler_on(stream, interval=0.05)
+    log.info("request", extra={"request_id": "r1"})
+    deadline = time.monotonic() + 5
+    while not stream.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [line["request_id"] for line in lines(stream)] == ["r1"]
+
+
+def test_pending_lines_are_written_at_exit_and_once_across_a_fork():
+    script = """
+import logging, os, sys
+from webhookbus import log
+log.configure("INFO")
+logging.getLogger("t").info("before fork")
+pid = os.fork()
+if pid == 0:
+    logging.getLogger("t").info("child")
+    logging.shutdown()
+    os._exit(0)
+os.waitpid(pid, 0)
+logging.getLogger("t").info("parent")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    messages = [json.loads(line)["msg"] for line in result.stderr.splitlines()]
+    assert sorted(messages) == ["before fork", "child", "parent"], result.stderr
