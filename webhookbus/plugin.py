@@ -93,17 +93,25 @@ class ProviderEvent:
     data_json: bytes | None = None
 
 
-def parse_json(body: bytes, **loads_options: Any) -> tuple[Any, bytes | None]:
+def parse_json(body: bytes) -> tuple[Any, bytes | None]:
     """``body`` parsed as JSON, and what to pass as ``ProviderEvent.data_json`` with it: the
     body itself (without the BOM some senders prepend), or ``None`` when it is not UTF-8 (the
-    UTF-16 and UTF-32 that :func:`json.loads` also reads).  Raises what ``json.loads`` raises."""
+    UTF-16 and UTF-32 that :func:`json.loads` also reads).  ``NaN`` and ``Infinity`` are
+    refused: they are not JSON, and a record holding them is unreadable to most consumers.
+    Raises :class:`ValueError` (or :class:`RecursionError` for absurd nesting)."""
     if body[:3] == b"\xef\xbb\xbf":
         body = body[3:]
     try:
-        text = body.decode("utf-8")
+        return _STRICT_JSON.decode(body.decode("utf-8")), body
     except UnicodeDecodeError:
-        return json.loads(body, **loads_options), None
-    return json.loads(text, **loads_options), body
+        return _STRICT_JSON.decode(body.decode(json.detect_encoding(body), "surrogatepass")), None
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_STRICT_JSON = json.JSONDecoder(parse_constant=_not_json)  # built once: json.loads with options builds one per call
 
 
 @dataclass(frozen=True, slots=True)

@@ -136,14 +136,10 @@ def parse_body(raw: bytes) -> tuple[dict[str, Any], bytes | None]:
 
 def _try_parse(raw: bytes) -> tuple[dict[str, Any], bytes | None] | None:
     try:
-        body, text = parse_json(raw, parse_constant=_reject_constant)
+        body, text = parse_json(raw)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return None
     return (body, text) if isinstance(body, dict) else None
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _text(body: Any, path: str) -> str | None:
