@@ -10,7 +10,6 @@ turned into a response in one place, :meth:`WebhookBus._handle`.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import itertools
 import logging
@@ -146,8 +145,9 @@ class WebhookBus:
         fields["client"] = request.client
         matched_secret_index.set(None)
         try:
-            outcome = provider.verifier.verify(request)
-            accepted: Accepted = await outcome if inspect.isawaitable(outcome) else outcome  # type: ignore[assignment]
+            accepted = provider.verifier.verify(request)
+            if not isinstance(accepted, Accepted):  # an async verifier
+                accepted = await accepted
         except WebhookError as exc:
             self.audit.record(request, exc, fields["request_id"])
             raise
@@ -163,9 +163,8 @@ class WebhookBus:
 
     async def _read_request(self, provider: Provider, scope: Scope, receive: Receive) -> InboundRequest:
         limit = self.server.max_body_bytes
-        headers: dict[str, str] = {}
-        for raw_name, raw_value in scope["headers"]:
-            headers.setdefault(raw_name.decode("latin-1").lower(), raw_value.decode("latin-1"))
+        # Reversed, so that of repeated headers the first one wins.
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in reversed(scope["headers"])}
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise HttpError(413, "body_too_large", f"body exceeds {limit} bytes")
@@ -191,8 +190,13 @@ class WebhookBus:
         timer is armed only when more is to come (a timer per request showed in profiles);
         until the first message, hypercorn's read timeout (the same setting) bounds the wait.
         """
-        deadline = asyncio.get_running_loop().time() + self.server.request_timeout
         message = await receive()
+        if message.get("more_body") is False and message["type"] == "http.request":  # the usual case
+            body = message.get("body", b"")
+            if len(body) > limit:
+                raise HttpError(413, "body_too_large", f"body exceeds {limit} bytes")
+            return body
+        deadline = asyncio.get_running_loop().time() + self.server.request_timeout
         chunks: list[bytes] = []
         size = 0
         while True:
