@@ -259,4 +259,4 @@ def test_serve_will_not_start_without_a_writable_spool(tmp_path):
     run = subprocess.run([sys.executable, "-m", "webhookbus.cli", "serve", "--config", str(tmp_path / "c.yaml")],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 2
-    assert "cannot open the spool" in run.stderr and "Traceback" not in run.stderr
+    assert "cannot start delivery" in run.stderr and "Traceback" not in run.stderr

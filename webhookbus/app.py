@@ -76,8 +76,8 @@ class WebhookBus:
             if message["type"] == "lifespan.startup":
                 try:
                     self.delivery.start()
-                except Exception as exc:  # hypercorn would otherwise serve without a spool
-                    await send({"type": "lifespan.startup.failed", "message": f"cannot open the spool: {exc}"})
+                except Exception as exc:  # hypercorn would otherwise serve without a spool or producer
+                    await send({"type": "lifespan.startup.failed", "message": f"cannot start delivery: {exc}"})
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":

@@ -115,7 +115,10 @@ class Publisher:
             self._send(batch)
         else:
             assert self._loop is not None, "Publisher.start() was not called"
-            self._loop.call_soon_threadsafe(self._send, batch)
+            try:
+                self._loop.call_soon_threadsafe(self._send, batch)
+            except RuntimeError:  # the loop is closed: the process is stopping
+                self._settle(batch, list(range(len(messages))), "publisher closed")
         return batch
 
     def when_done(self, batch: Batch, callback: Callable[[Batch], None]) -> None:
@@ -173,7 +176,7 @@ class Publisher:
 
     async def _connect(self, sock: socket.socket) -> None:
         assert self._loop is not None
-        transport, pipe = await self._loop.create_unix_connection(lambda: _Pipe(self), sock=sock)
+        _, pipe = await self._loop.create_unix_connection(lambda: _Pipe(self._answered, self._lost), sock=sock)
         self._pipe = pipe
         self._flush()
 
@@ -256,10 +259,10 @@ class Publisher:
 
 
 class _Pipe(asyncio.Protocol):
-    """The listener's end of the socket pair: splits the byte stream into answers."""
+    """The listener's end of the socket pair: splits the byte stream into frames."""
 
-    def __init__(self, publisher: Publisher) -> None:
-        self.publisher = publisher
+    def __init__(self, on_frame: Callable[[bytes, int, bytes], None], on_lost: Callable[[], None]) -> None:
+        self.on_frame, self.on_lost = on_frame, on_lost
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self._buffer = bytearray()
 
@@ -275,7 +278,7 @@ class _Pipe(asyncio.Protocol):
             end = at + 4 + length
             if end > len(buffer):
                 break
-            self.publisher._answered(kind, batch_id, bytes(buffer[at + PIPE.size:end]))  # noqa: SLF001
+            self.on_frame(kind, batch_id, bytes(buffer[at + PIPE.size:end]))
             at = end
         del buffer[:at]
 
@@ -283,5 +286,5 @@ class _Pipe(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.publisher._lost()  # noqa: SLF001
+        self.on_lost()
 
