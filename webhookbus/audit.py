@@ -5,7 +5,7 @@ says who was refused and why, never what they sent: provider, reason, client add
 request id, path, body length and SHA-256, and header *names* (never a body, a header
 value, a signature or a secret).  A token bucket bounds the rate, so a flood of forgeries
 cannot flood the topic or the producer; what it drops is counted in the next event.
-Publishing is fire-and-forget on the publisher thread: a 401 never waits for Kafka.
+Publishing is fire-and-forget (:meth:`Publisher.submit`): a 401 never waits for Kafka.
 """
 
 from __future__ import annotations

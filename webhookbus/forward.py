@@ -1,7 +1,8 @@
 """The forwarder: ships spooled records to Kafka in arrival order and releases what was acked.
 
-It runs on its own thread and talks to the publisher thread directly, so spooled traffic
-costs the event loop nothing after the sync.  Records go out in batches, at most
+It runs on its own thread, reading the spool and handing whole batches to the publisher
+(one hop onto the event loop per batch, then the producer process), so spooled traffic
+costs the event loop little after the sync.  Records go out in batches, at most
 ``window`` unacknowledged at a time (memory stays flat however long the broker is away);
 a record is released from the spool only after the broker acked it, so a crash anywhere
 means sending it again (at-least-once), never losing it.  A record the broker refused is
@@ -140,7 +141,7 @@ class Forwarder:
             self.publisher.submit([r.message for r in plain], partial(self._sent, plain))
 
     def _sent(self, records: list[SpooledRecord], batch: Batch) -> None:
-        # On kafka-python's I/O thread (or the publisher's): bookkeeping only.
+        # On the event loop's thread, when the producer process answered: bookkeeping only.
         failed = set(batch.failed)
         with self._cond:
             self._outstanding -= len(records)
