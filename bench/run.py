@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -180,22 +181,34 @@ class Run:
             result.lost = max(0, result.accepted - records)
         return result
 
-    def contenders(self) -> list[Result]:
+    def contenders(self, reverse: bool = False) -> list[Result]:
+        """Every contender once; ``reverse`` runs them in the opposite order (rounds alternate,
+        so a machine slowing down or speeding up during a run favours no contender)."""
         results: list[Result] = []
         wanted = set(self.args.only.split(",")) if self.args.only else None
         cores = os.cpu_count() or 1
+        steps: list[Callable[[], None]] = []
 
         def http(key: str, note: str, make: Callable[[str, str, int], Server]) -> None:
             if wanted is not None and key not in wanted:
                 return
-            port = free_port()
-            with _broker() as broker:
-                server = make(broker.bootstrap, f"bench-{key}-{uuid.uuid4().hex[:8]}", port)
-                print(f"  {server.name} ...", flush=True)
-                result = self.measure_http(server, port, broker)
-            result.note = note
-            results.append(result)
-            _print_row(result)
+
+            def step() -> None:
+                port = free_port()
+                with _broker() as broker:
+                    server = make(broker.bootstrap, f"bench-{key}-{uuid.uuid4().hex[:8]}", port)
+                    print(f"  {server.name} ...", flush=True)
+                    result = self.measure_http(server, port, broker)
+                result.note = note
+                results.append(result)
+                _print_row(result)
+
+            steps.append(step)
+
+        def ceiling(in_flight: int) -> None:
+            print("  broker ceiling ...", flush=True)
+            results.append(self.broker_ceiling(in_flight))
+            _print_row(results[-1])
 
         http("webhookbus", "uip verifier; acks=all, idempotent; 2xx after the broker's ack",
              lambda bootstrap, topic, port: self.webhookbus("webhookbus, 1 worker, ack=broker", bootstrap, topic, port))
@@ -222,9 +235,9 @@ class Run:
                      {}, ["/webhooks/uip"], None))
         if wanted is None or "ceiling" in wanted:
             for in_flight in (self.args.connections, 0):
-                print("  broker ceiling ...", flush=True)
-                results.append(self.broker_ceiling(in_flight))
-                _print_row(results[-1])
+                steps.append(lambda in_flight=in_flight: ceiling(in_flight))
+        for step in reversed(steps) if reverse else steps:
+            step()
         return results
 
     def scaling(self) -> list[Result]:
@@ -298,6 +311,33 @@ def _print_row(result: Result) -> None:
     print("    " + _row(result), flush=True)
 
 
+def median_of(results: tuple[Result, ...]) -> Result:
+    """One contender's rounds as one row: the median of each figure, the sums of the counts
+    (every round's deliveries are checked), the highest peak RSS."""
+    if len(results) == 1:
+        return results[0]
+
+    def median(values: list[float | None]) -> float | None:
+        known = sorted(v for v in values if v is not None)
+        return statistics.median(known) if known else None
+
+    first = results[0]
+    merged = Result(first.name, first.note)
+    merged.rps = median([r.rps for r in results]) or 0.0
+    merged.p50_ms, merged.p99_ms, merged.p999_ms = (median([getattr(r, f) for r in results])
+                                                    for f in ("p50_ms", "p99_ms", "p999_ms"))
+    merged.cpu_per_1k = median([r.cpu_per_1k for r in results])
+    merged.peak_rss_mb = max(r.peak_rss_mb for r in results)
+    merged.errors, merged.accepted, merged.lost = (sum(getattr(r, f) for r in results) for f in ("errors", "accepted", "lost"))
+    merged.delivered = None if first.delivered is None else sum(r.delivered or 0 for r in results)
+    merged.extra = {"rounds": [asdict(r) for r in results], "rounds_rps": [round(r.rps) for r in results]}
+    fixed = [r.extra["fixed_rate"] for r in results if "fixed_rate" in r.extra]
+    if fixed:
+        merged.extra["fixed_rate"] = {"late": sum(f["late"] for f in fixed),
+                                      "late_ms_max": max(f["late_ms_max"] for f in fixed)}
+    return merged
+
+
 def ratios(results: list[Result]) -> dict[str, Any]:
     """The benchmark issue's targets, from this run's figures only."""
     one_worker = [r for r in results if r.name.startswith("webhookbus, 1 worker") and not r.name.endswith("asyncio")]
@@ -333,7 +373,8 @@ def report(run: Run, results: list[Result], scaling: list[Result], summary: dict
         print("    " + _row(result))
     for result in results:
         if result.note:
-            print(f"      {result.name}: {result.note}")
+            rounds = result.extra.get("rounds_rps")
+            print(f"      {result.name}: {result.note}" + (f"; req/s by round {rounds}" if rounds else ""))
     if scaling:
         print(f"\nscaling: webhookbus, 1 worker, ack=broker, saturation only\n    {HEADER}")
         for result in scaling:
@@ -368,14 +409,22 @@ def main(argv: list[str] | None = None) -> int:
                                        "webhookbus-workers,express,bare,bare-asyncio,ceiling")
     parser.add_argument("--no-spool", dest="spool", action="store_false", help="skip the ack=spool contender")
     parser.add_argument("--no-scaling", action="store_true")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every contender this many times, alternating the order; report medians")
     parser.add_argument("--out", type=Path, default=BENCH / "results" / "latest.json")
     args = parser.parse_args(argv)
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="webhookbus-bench-") as tmp:
         run = Run(args, Path(tmp))
-        print(f"contenders\n    {HEADER}", flush=True)
-        results = run.contenders()
+        rounds: list[list[Result]] = []
+        for index in range(args.rounds):
+            print(f"contenders{f', round {index + 1} of {args.rounds}' if args.rounds > 1 else ''}\n    {HEADER}",
+                  flush=True)
+            rounds.append(run.contenders(reverse=index % 2 == 1))
+        results = [median_of(same) for same in zip(*(sorted(r, key=lambda x: x.name) for r in rounds))]
+        order = [r.name for r in rounds[0]]
+        results.sort(key=lambda r: order.index(r.name))
         scaling: list[Result] = []
         if not args.no_scaling:
             print("scaling", flush=True)

@@ -14,7 +14,7 @@ from kafka import KafkaProducer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 from measure import delivered_events, parse_wrk  # noqa: E402
-from run import Result, ratios  # noqa: E402
+from run import Result, median_of, ratios  # noqa: E402
 from signed import SECRET, event_ids, signed_requests, write_wrk_file  # noqa: E402
 
 from webhookbus.plugin import InboundRequest, VerificationFailed  # noqa: E402
@@ -79,3 +79,13 @@ def test_targets_are_read_from_one_run():
     assert targets["p99 at the fixed rate vs Express+kafkajs (<= 1x)"]["met"]
     assert not targets["best 1-worker mode vs bare hypercorn (>= 0.75x)"]["met"]  # 0.6x
     assert targets["peak RSS of one worker (< 120 MB)"]["met"]
+
+
+def test_rounds_merge_into_medians_and_keep_every_loss():
+    rounds = (Result("w", rps=2000, p99_ms=9, accepted=10, delivered=10, peak_rss_mb=80, cpu_per_1k=0.5),
+              Result("w", rps=3000, p99_ms=5, accepted=10, delivered=9, lost=1, peak_rss_mb=85, cpu_per_1k=0.4),
+              Result("w", rps=2500, p99_ms=7, accepted=10, delivered=10, peak_rss_mb=82, cpu_per_1k=0.45))
+    merged = median_of(rounds)
+    assert (merged.rps, merged.p99_ms, merged.cpu_per_1k) == (2500, 7, 0.45)
+    assert (merged.accepted, merged.delivered, merged.lost, merged.peak_rss_mb) == (30, 29, 1, 85)
+    assert merged.extra["rounds_rps"] == [2000, 3000, 2500]
