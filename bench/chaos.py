@@ -50,7 +50,6 @@ import argparse
 import hashlib
 import hmac
 import json
-import os
 import random
 import re
 import signal

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from webhookbus.config import ConfigError, load_config, parse_config
+from webhookbus.config import ConfigError, parse_config
 
 GOOD = textwrap.dedent("""\
     kafka:
@@ -149,3 +149,8 @@ def test_example_configs_load(path: Path, monkeypatch, tmp_path: Path):
             text = text.replace(key_dir, f"{tmp_path}/")
     config = parse_config(text, str(path))
     assert config.providers and config.settings.routes
+
+
+def test_an_unknown_producer_option_is_a_config_error_not_a_producer_that_never_starts():
+    message = problem(GOOD.replace("  bootstrap_servers", "  producer: {linger_ms: 1, lingerms: 2}\n  bootstrap_servers"))
+    assert "kafka.producer" in message and "not a kafka-python KafkaProducer option: lingerms" in message

@@ -4,8 +4,12 @@ then the listener's Publisher against its real producer process and a real broke
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -14,9 +18,9 @@ from kafka.future import Future
 
 from webhookbus import producer
 from webhookbus.config import KafkaSettings
-from webhookbus.producer import ProducerThread
+from webhookbus.producer import EXIT_CLOSED, EXIT_LISTENER_GONE, EXIT_PRODUCER_FAILED, ProducerThread
 from webhookbus.publish import PublishFailed, Publisher
-from webhookbus.records import Batch, KafkaMessage
+from webhookbus.records import SEND, SETTINGS, Batch, KafkaMessage, pipe_frame, send_body
 from webhookbus.testing.broker import read_topic
 
 
@@ -175,6 +179,77 @@ def test_the_producer_process_exits_at_once_when_the_listener_vanishes(own_broke
         publisher._pipe.transport.abort()  # noqa: SLF001 - the socket ends without a CLOSE
         started_at = time.monotonic()
         code = await asyncio.to_thread(process.wait, 10)
-        assert code == 1 and time.monotonic() - started_at < 5, "it did not wait to flush for a listener that is gone"
+        assert code == EXIT_LISTENER_GONE, "the 'listener gone' path, not an exception or a flush"
+        assert time.monotonic() - started_at < 5
+
+    asyncio.run(main())
+
+
+def producer_process(bootstrap: str, options: dict | None = None) -> tuple[subprocess.Popen[bytes], socket.socket]:
+    """A producer process on a raw socket pair: the test plays the listener, byte by byte."""
+    ours, theirs = socket.socketpair()
+    process = subprocess.Popen([sys.executable, "-m", "webhookbus.producer", str(theirs.fileno())],
+                               pass_fds=[theirs.fileno()], stderr=subprocess.PIPE)
+    theirs.close()
+    config = {"options": {"bootstrap_servers": [bootstrap], **(options or {})}, "max_in_flight_records": 100,
+              "stall_after": 5.0, "log_level": "INFO"}
+    ours.sendall(pipe_frame(SETTINGS, 0, json.dumps(config).encode()))
+    return process, ours
+
+
+def test_a_listener_killed_with_answers_unread_or_mid_frame_gets_the_same_quick_exit(kafka_broker, topic_name):
+    topic = topic_name("reset")
+    process, ours = producer_process(kafka_broker.bootstrap)
+    ours.sendall(pipe_frame(SEND, 1, send_body(message(1, topic))))
+    time.sleep(2)  # its answer now waits, unread, in our socket: closing makes the producer's read fail (reset)
+    ours.close()
+    assert process.wait(10) == EXIT_LISTENER_GONE
+    assert b"Traceback" not in process.stderr.read()
+
+    process, ours = producer_process(kafka_broker.bootstrap)
+    frame = pipe_frame(SEND, 2, send_body(message(2, topic)))
+    ours.sendall(frame[: len(frame) - 5])  # the listener died half-way through a frame
+    ours.close()
+    assert process.wait(10) == EXIT_LISTENER_GONE
+    assert b"listener gone" in process.stderr.read()
+    assert [r.value for r in read_topic(kafka_broker.bootstrap, topic, 2, timeout=3)] == [b"m1"], \
+        "the cut record was never sent"
+
+
+def test_a_producer_thread_that_dies_takes_its_process_down_so_the_listener_replaces_it(kafka_broker):
+    process, ours = producer_process(kafka_broker.bootstrap, {"no_such_option": 1})  # config.py refuses this earlier
+    assert process.wait(10) == EXIT_PRODUCER_FAILED
+    stderr = process.stderr.read()
+    assert b"producer thread failed" in stderr and b"Traceback" not in stderr
+    ours.close()
+
+
+def test_close_right_after_start_and_a_failed_restart_are_both_handled(kafka_broker, monkeypatch):
+    async def main() -> None:
+        publisher = Publisher(settings(kafka_broker.bootstrap))
+        publisher.start()
+        process = publisher._process  # noqa: SLF001
+        await publisher.close(5)  # before the pipe is even connected: CLOSE still reaches it
+        assert process.returncode == EXIT_CLOSED
+
+        publisher = Publisher(settings(kafka_broker.bootstrap))
+        await started(publisher)
+        real_popen, failures = subprocess.Popen, []
+
+        def popen_failing_once(*args, **kwargs):
+            if not failures:
+                failures.append(1)
+                raise OSError(24, "Too many open files")
+            return real_popen(*args, **kwargs)
+
+        monkeypatch.setattr(subprocess, "Popen", popen_failing_once)
+        os.kill(publisher._process.pid, signal.SIGKILL)  # noqa: SLF001
+        deadline = time.monotonic() + 20
+        while not (publisher.processes_started == 2 and publisher.ready()[0]):
+            assert time.monotonic() < deadline, "no producer process after a failed restart"
+            await asyncio.sleep(0.05)
+        assert failures == [1]
+        await publisher.publish(message(3, "t"), 10)
+        await publisher.close(5)
 
     asyncio.run(main())

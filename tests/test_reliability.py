@@ -7,7 +7,6 @@ what was accepted after the last broker restart (or counts on the spool to hold 
 from __future__ import annotations
 
 import hashlib
-import json
 import subprocess
 import sys
 import threading

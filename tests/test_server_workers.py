@@ -26,7 +26,7 @@ PATH = "/webhooks/demo"
 
 
 @pytest.fixture
-def server(tmp_path: Path, kafka_broker, topic_name) -> Iterator[tuple[subprocess.Popen[bytes], int, str]]:
+def server(tmp_path: Path, kafka_broker, topic_name) -> Iterator[tuple[subprocess.Popen[bytes], int, str, Path]]:
     port, topic = free_port(), topic_name("workers")
     config = {
         "server": {"host": "127.0.0.1", "port": port, "workers": 2, "graceful_timeout": 2},
@@ -37,11 +37,13 @@ def server(tmp_path: Path, kafka_broker, topic_name) -> Iterator[tuple[subproces
         "spool": {"directory": str(tmp_path / "spool")},
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    process = subprocess.Popen([sys.executable, "-m", "webhookbus.cli", "serve", "--config",
-                                str(tmp_path / "config.yaml"), "--log-level", "WARNING"])
+    log = tmp_path / "webhookbus.log"
+    with log.open("wb") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "webhookbus.cli", "serve", "--config",
+                                    str(tmp_path / "config.yaml")], stderr=stderr)
     try:
         wait_for_port(port, timeout=20)
-        yield process, port, topic
+        yield process, port, topic, log
     finally:
         if process.poll() is None:
             process.kill()
@@ -80,9 +82,13 @@ def signed(event_id: str) -> tuple[bytes, dict[str, str]]:
 
 
 def test_each_worker_listens_on_its_own_socket_and_a_stop_is_graceful(server, kafka_broker):
-    process, port, topic = server
+    process, port, topic, log = server
     wait_until(lambda: len(children(process.pid)) == 2)
     workers = children(process.pid)
+    wait_until(lambda: all(len(children(worker)) == 1 for worker in workers))
+    producers = [children(worker)[0] for worker in workers]
+    assert all(b"webhookbus.producer" in Path(f"/proc/{pid}/cmdline").read_bytes() for pid in producers), \
+        "each worker publishes through a producer process of its own"
     wait_until(lambda: all(listening_sockets(worker, port) for worker in workers))
     sockets = [listening_sockets(worker, port) for worker in workers]
     assert sockets[0].isdisjoint(sockets[1]), "each worker has a socket of its own, so the kernel spreads connections"
@@ -96,10 +102,13 @@ def test_each_worker_listens_on_its_own_socket_and_a_stop_is_graceful(server, ka
     assert not any(Path(f"/proc/{worker}").exists() and "zombie" not in Path(f"/proc/{worker}/status").read_text()
                    for worker in workers)
     assert len(read_topic(kafka_broker.bootstrap, topic, 20)) == 20
+    assert not any(Path(f"/proc/{pid}").exists() for pid in producers), "the producer processes ended with them"
+    closed = [line for line in log.read_text().splitlines() if '"spool closed"' in line]
+    assert len(closed) == 2, "each worker's last (batched) log lines are written before it exits"
 
 
 def test_a_worker_that_dies_stops_the_service(server):
-    process, port, _ = server
+    process, port, _, _ = server
     wait_until(lambda: len(children(process.pid)) == 2)
     first, second = children(process.pid)
     os.kill(first, signal.SIGKILL)

@@ -136,6 +136,18 @@ class KafkaSettings(_Section):
     def _split(cls, value: Any) -> Any:
         return [s.strip() for s in value.split(",") if s.strip()] if isinstance(value, str) else value
 
+    @field_validator("producer")
+    @classmethod
+    def _known_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Checked here: kafka-python refuses an unknown option only when the producer process
+        # builds its producer, long after startup, and then on every restart.
+        from kafka import KafkaProducer
+
+        unknown = sorted(set(value) - set(KafkaProducer.DEFAULT_CONFIG))
+        if unknown:
+            raise ValueError(f"not a kafka-python KafkaProducer option: {', '.join(unknown)}")
+        return value
+
 
 class ProviderSettings(_Section):
     verifier: str = Field(description="Name of an installed verifier plugin (see `webhookbus plugins`).")

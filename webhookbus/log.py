@@ -95,14 +95,23 @@ def where(exc: BaseException) -> str:
     return f"{type(exc).__name__} at {last.filename.rsplit('/', 1)[-1]}:{last.lineno}"
 
 
+def _batching_handlers() -> list[BatchingHandler]:
+    return [handler for handler in logging.getLogger().handlers if isinstance(handler, BatchingHandler)]
+
+
+def _write_pending_lines() -> None:
+    for handler in _batching_handlers():
+        handler.flush()
+
+
 def _drop_inherited_lines() -> None:
-    """In a forked child: the parent writes the lines pending at the fork, not both of them."""
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, BatchingHandler):
-            handler._pending = []  # noqa: SLF001
+    for handler in _batching_handlers():
+        handler._pending = []  # noqa: SLF001
 
 
-os.register_at_fork(after_in_child=_drop_inherited_lines)
+# Before a fork the parent writes what is pending (a forked worker that ends with os._exit,
+# as multiprocessing's do, must flush its own: server._worker does); the child starts empty.
+os.register_at_fork(before=_write_pending_lines, after_in_child=_drop_inherited_lines)
 
 
 def configure(level: str = "INFO") -> None:

@@ -43,10 +43,14 @@ from kafka.errors import KafkaError
 
 from webhookbus import log as logs
 from webhookbus.log import where
-from webhookbus.records import (ABANDON, ABANDONED, ANSWER, CLOSE, DONE, QUEUED, SEND, SENDING, SETTINGS, STATUS, Batch,
+from webhookbus.records import (ABANDON, ABANDONED, ANSWER, CLOSE, CLOSE_BUDGET, DONE, QUEUED, SEND, SENDING, SETTINGS, STATUS, Batch,
                                 PIPE, answer_body, pipe_frame, read_messages)
 
 log = logging.getLogger("webhookbus.producer")
+
+# How the process ended, for the listener's log (and tests): after CLOSE; its producer thread
+# died; the listener went away (the socket ended or was cut mid-frame) or never spoke.
+EXIT_CLOSED, EXIT_PRODUCER_FAILED, EXIT_LISTENER_GONE = 0, 2, 3
 
 def _close(producer: KafkaProducer, timeout: float) -> None:
     """Close, failing whatever is still pending after ``timeout`` (so its callbacks run).
@@ -86,6 +90,7 @@ class ProducerThread:
         # restart kafka-python can retry UnknownProducerId forever) or the broker is away.
         self._stall_after = stall_after
         self._progress_at = time.monotonic()
+        self._close_within = stall_after
         self.producers_replaced = 0  # also the generation of the current producer
 
     def start(self) -> None:
@@ -109,11 +114,20 @@ class ProducerThread:
 
     def close(self, timeout: float) -> None:
         """Send what is queued, wait up to ``timeout`` for its acks, then stop."""
+        self._close_within = timeout
         if self._thread is not None:
             self._queue.put(None)
-            self._thread.join(timeout + 5)
+            self._thread.join(timeout + 1)
 
     def _run(self) -> None:
+        try:
+            self._serve_queue()
+        except Exception as exc:  # a dead thread would leave a process that never answers
+            log.error("producer thread failed; the listener starts another process", extra={"reason": where(exc)})
+            logging.shutdown()
+            os._exit(EXIT_PRODUCER_FAILED)
+
+    def _serve_queue(self) -> None:
         self._ensure_producer()
         while True:
             try:
@@ -140,20 +154,22 @@ class ProducerThread:
                 sent.add_callback(self._acked, batch)
                 sent.add_errback(self._failed, batch, index, self.producers_replaced)
         if self._producer is not None:
-            _close(self._producer, self._stall_after * 2)
+            _close(self._producer, self._close_within)
 
     def _reserve(self, batch: Batch) -> bool:
         """Wait for room under the bound; False if the batch was abandoned meanwhile."""
-        with self._lock:
-            while batch.state == QUEUED and self._records_in_flight and self._records_in_flight + len(batch.messages) > self._limit:
-                self._slot_freed.wait()
-            if batch.state != QUEUED:
-                return False
-            batch.state = SENDING
-            if not self._records_in_flight:
-                self._progress_at = time.monotonic()
-            self._records_in_flight += len(batch.messages)
-            return True
+        while True:
+            with self._lock:
+                if batch.state != QUEUED:
+                    return False
+                if not self._records_in_flight or self._records_in_flight + len(batch.messages) <= self._limit:
+                    batch.state = SENDING
+                    if not self._records_in_flight:
+                        self._progress_at = time.monotonic()
+                    self._records_in_flight += len(batch.messages)
+                    return True
+                self._slot_freed.wait(1.0)
+            self._check_stall()  # outside the lock: replacing the producer fails its records (_settle)
 
     def _check_stall(self) -> None:
         stalled_for = time.monotonic() - self._progress_at
@@ -223,7 +239,11 @@ class ProducerThread:
 
 
 def serve(sock: socket.socket) -> None:
-    """Read batches from the listener until it closes its end; answer each as the broker does."""
+    """Read batches from the listener until CLOSE, then flush; exit at once if the listener is gone.
+
+    Every way out ends in ``os._exit``: a normal interpreter exit would run kafka-python's
+    exit hook, which sends what it still holds.
+    """
     reader: BinaryIO = sock.makefile("rb", buffering=1 << 16)
     write_lock = threading.Lock()
 
@@ -234,10 +254,10 @@ def serve(sock: socket.socket) -> None:
             except OSError:
                 pass  # the listener is gone: nobody is waiting for this answer
 
-    kind, _, body = _read(reader) or (None, 0, b"")
-    if kind != SETTINGS:
-        return
-    settings = json.loads(body)
+    frame = _read(reader)
+    if frame is None or frame[0] != SETTINGS:
+        os._exit(EXIT_LISTENER_GONE)
+    settings = json.loads(frame[2])
     logs.configure(settings["log_level"])
     batches: dict[int, Batch] = {}
 
@@ -248,27 +268,38 @@ def serve(sock: socket.socket) -> None:
     engine = ProducerThread(settings["options"], settings["max_in_flight_records"], settings["stall_after"],
                             lambda connected, replaced: answer(pipe_frame(STATUS, int(connected), replaced.to_bytes(4, "little"))))
     engine.start()
-    while (frame := _read(reader)) is not None:
-        kind, batch_id, body = frame
-        if kind == CLOSE:
-            engine.close(settings["stall_after"] * 2)
-            return
-        if kind == SEND:
-            batch = Batch(read_messages(body), callbacks=[partial(done, batch_id)])
-            batches[batch_id] = batch
-            engine.submit(batch)
-        elif kind == ABANDON and (waiting := batches.get(batch_id)) is not None:
-            engine.abandon(waiting)
-    log.warning("listener gone: producer process exits without flushing", extra={"batches_dropped": len(batches)})
-    os._exit(1)  # not sys.exit: kafka-python's exit hook would still try to send them
+    try:
+        while (frame := _read(reader)) is not None:
+            kind, batch_id, body = frame
+            if kind == CLOSE:
+                engine.close(CLOSE_BUDGET.unpack(body)[0] if len(body) == CLOSE_BUDGET.size else settings["stall_after"])
+                logging.shutdown()
+                os._exit(EXIT_CLOSED)
+            if kind == SEND:
+                batch = Batch(read_messages(body), callbacks=[partial(done, batch_id)])
+                batches[batch_id] = batch
+                engine.submit(batch)
+            elif kind == ABANDON and (waiting := batches.get(batch_id)) is not None:
+                engine.abandon(waiting)
+        log.warning("listener gone: producer process exits without flushing", extra={"batches_dropped": len(batches)})
+    except Exception as exc:  # a damaged frame: the listener died mid-write
+        log.warning("listener gone mid-frame: producer process exits without flushing", extra={"reason": where(exc)})
+    logging.shutdown()
+    os._exit(EXIT_LISTENER_GONE)
 
 
 def _read(reader: BinaryIO) -> tuple[bytes, int, bytes] | None:
-    head = reader.read(PIPE.size)
-    if len(head) < PIPE.size:
+    """The next frame; None at the end of the stream, on a reset, or for a frame cut short."""
+    try:
+        head = reader.read(PIPE.size)
+        if len(head) < PIPE.size:
+            return None
+        length, kind, batch_id = PIPE.unpack(head)
+        body = reader.read(length - (PIPE.size - 4))
+    except OSError:  # ECONNRESET: the listener died with answers unread
         return None
-    length, kind, batch_id = PIPE.unpack(head)
-    body = reader.read(length - (PIPE.size - 4))
+    if len(body) != length - (PIPE.size - 4):
+        return None
     return kind, batch_id, body
 
 

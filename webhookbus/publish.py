@@ -24,7 +24,7 @@ from typing import Any
 
 from webhookbus.config import KafkaSettings
 from webhookbus.log import where
-from webhookbus.records import (ABANDON, ANSWER, CLOSE, DONE, PIPE, SEND, SETTINGS, STATUS, Batch, KafkaMessage, parse_answer,
+from webhookbus.records import (ABANDON, ANSWER, CLOSE, CLOSE_BUDGET, DONE, PIPE, SEND, SETTINGS, STATUS, Batch, KafkaMessage, parse_answer,
                                 pipe_frame, send_body)
 
 log = logging.getLogger("webhookbus.publish")
@@ -86,7 +86,8 @@ class Publisher:
         self._pipe: _Pipe | None = None
         self._connected = False
         self._closing = False
-        self._gone: asyncio.Future[None] | None = None
+        self._gone: asyncio.Future[None] | None = None  # resolved when the current producer process is gone
+        self._connecting: asyncio.Task[None] | None = None
         self.producers_replaced = 0
         self.processes_started = 0
 
@@ -136,16 +137,18 @@ class Publisher:
         return True, "ok"
 
     async def close(self, timeout: float = 10.0) -> None:
-        """Let the producer process flush what it was sent, then see it exit."""
+        """Let the producer process flush what it was sent (``timeout`` seconds), then see it exit."""
         self._closing = True
-        if self._pipe is not None and self._gone is not None:
-            self._outbox.append(pipe_frame(CLOSE, 0))  # the producer flushes, answers, and exits
+        if self._gone is not None and not self._gone.done():
+            # Queued even before the pipe is connected: _connect writes the outbox.
+            self._outbox.append(pipe_frame(CLOSE, 0, CLOSE_BUDGET.pack(timeout)))
             self._flush()
             try:
-                await asyncio.wait_for(asyncio.shield(self._gone), timeout + 1)
+                await asyncio.wait_for(asyncio.shield(self._gone), timeout + 3)
             except TimeoutError:
                 log.warning("producer process did not finish in time", extra={"seconds": timeout})
-                self._pipe.transport.abort()
+                if self._pipe is not None:
+                    self._pipe.transport.abort()
         if self._process is not None:
             try:
                 await asyncio.to_thread(self._process.wait, 5)
@@ -159,9 +162,14 @@ class Publisher:
     def _spawn(self) -> None:
         assert self._loop is not None
         ours, theirs = socket.socketpair()
-        self._process = subprocess.Popen([sys.executable, "-m", "webhookbus.producer", str(theirs.fileno())],
-                                         pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
-        theirs.close()
+        try:
+            self._process = subprocess.Popen([sys.executable, "-m", "webhookbus.producer", str(theirs.fileno())],
+                                             pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
         self.processes_started += 1
         settings = {
             "options": producer_options(self._settings),
@@ -172,11 +180,17 @@ class Publisher:
         ours.sendall(pipe_frame(SETTINGS, 0, json.dumps(settings).encode()))
         ours.setblocking(False)
         self._gone = self._loop.create_future()
-        self._loop.create_task(self._connect(ours))
+        self._connecting = self._loop.create_task(self._connect(ours))
 
     async def _connect(self, sock: socket.socket) -> None:
         assert self._loop is not None
-        _, pipe = await self._loop.create_unix_connection(lambda: _Pipe(self._answered, self._lost), sock=sock)
+        try:
+            _, pipe = await self._loop.create_unix_connection(lambda: _Pipe(self._answered, self._lost), sock=sock)
+        except OSError as exc:
+            log.error("cannot talk to the producer process", extra={"reason": where(exc)})
+            sock.close()
+            self._lost()
+            return
         self._pipe = pipe
         self._flush()
 
@@ -238,18 +252,23 @@ class Publisher:
         if self._gone is not None and not self._gone.done():
             self._gone.set_result(None)
         self._fail_all("producer process exited")
-        if self._closing:
-            return
-        code = self._process.poll() if self._process is not None else None
-        log.error("producer process exited; starting another", extra={"exitcode": code})
-        assert self._loop is not None
-        self._loop.call_later(RESTART_AFTER, self._restart)
+        if not self._closing:
+            assert self._loop is not None
+            self._loop.call_later(RESTART_AFTER, self._restart)
 
     def _restart(self) -> None:
-        if not self._closing:
-            if self._process is not None and self._process.poll() is None:
+        if self._closing:
+            return
+        if self._process is not None:  # reap it (no zombie), and say how it ended
+            if self._process.poll() is None:
                 self._process.kill()
+            log.error("producer process exited; starting another", extra={"exitcode": self._process.wait()})
+        try:
             self._spawn()
+        except OSError as exc:  # EMFILE, EAGAIN, ENOMEM: try again later rather than never
+            log.error("cannot start a producer process", extra={"reason": where(exc)})
+            assert self._loop is not None
+            self._loop.call_later(RESTART_AFTER, self._restart)
 
     def _fail_all(self, reason: str) -> None:
         self._outbox.clear()

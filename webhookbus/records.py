@@ -100,6 +100,7 @@ def decode(payload: bytes) -> SpooledRecord:
 
 PIPE = struct.Struct("<IcQ")  # length of what follows the length field, kind, batch id
 SETTINGS, SEND, ABANDON, CLOSE, ANSWER, STATUS = b"C", b"S", b"A", b"Q", b"D", b"R"
+CLOSE_BUDGET = struct.Struct("<d")  # CLOSE's body: seconds the producer may spend flushing
 _COUNT = struct.Struct("<I")
 _ERROR = struct.Struct("<H")
 
@@ -126,10 +127,14 @@ def parse_answer(body: bytes) -> tuple[list[int], str | None]:
 
 
 def read_messages(body: bytes) -> list[KafkaMessage]:
+    """A SEND frame's records; ValueError if one is damaged (its CRC is checked, as the spool's are)."""
     messages, at = [], 0
     while at < len(body):
-        length, _crc = FRAME.unpack_from(body, at)
+        length, crc = FRAME.unpack_from(body, at)
         at += FRAME.size
-        messages.append(decode(body[at:at + length]).message)
+        payload = body[at:at + length]
+        if len(payload) != length or zlib.crc32(payload) != crc:
+            raise ValueError("damaged record frame")
+        messages.append(decode(payload).message)
         at += length
     return messages

@@ -152,5 +152,8 @@ def _worker(config: Config, port: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # serve() installs its own handlers on the loop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     sockets = _reuseport_config(config.settings.server, port).create_sockets()
-    with asyncio.Runner(loop_factory=loop_factory(config.settings.server)) as runner:
-        runner.run(serve(config, sockets=sockets))
+    try:
+        with asyncio.Runner(loop_factory=loop_factory(config.settings.server)) as runner:
+            runner.run(serve(config, sockets=sockets))
+    finally:
+        logging.shutdown()  # multiprocessing ends the worker with os._exit: write the batched log lines
