@@ -24,7 +24,7 @@ The broker (tansu) stores in memory, so "consume every topic at the end" would m
 that was delivered before the last broker restart.  Instead a collector consumes every
 topic continuously, per broker incarnation, with ``assign()``, recording each record's
 CloudEvents ``id`` and ``receivedtime``.  Before each broker stop the harness freezes
-webhookbus (SIGSTOP), so no more records can be produced, waits until the collector has
+webhookbus and its producer process (SIGSTOP), so no more records can be produced, waits until the collector has
 read every partition up to its end offset and the end offsets stopped moving, then stops
 the broker and resumes webhookbus (SIGCONT).  So every record a broker incarnation
 acknowledged was seen; a record sent but not acknowledged is webhookbus's to send again,
@@ -314,10 +314,10 @@ def main(argv: list[str] | None = None) -> int:
         for cycle in range(args.cycles):
             wait_for(lambda: len(tally.events) >= total * (2 * cycle + 1) / (2 * args.cycles + 1), clients)
             note(f"cycle {cycle + 1}: freezing webhookbus, reading the broker to its end, stopping it")
-            server.process.send_signal(signal.SIGSTOP)
+            server.signal_all(signal.SIGSTOP)  # the listener and its producer process
             collector.finish()
             broker.stop()
-            server.process.send_signal(signal.SIGCONT)
+            server.signal_all(signal.SIGCONT)
             time.sleep(args.outage)
             broker.start()
             incarnation += 1

@@ -57,6 +57,24 @@ class ServerProcess:
             raise RuntimeError(f"webhookbus did not start; see {self.log_path}") from None
         return self
 
+    def signal_all(self, sig: signal.Signals) -> None:
+        """``sig`` to the server and every process under it (workers, producer processes):
+        SIGSTOP on the listener alone would leave its producer process sending."""
+        assert self.process is not None
+        pending, tree = [self.process.pid], []
+        while pending:
+            pid = pending.pop()
+            tree.append(pid)
+            try:
+                pending += [int(child) for child in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+            except OSError:
+                continue
+        for pid in tree:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs, as when the machine loses power (minus the disk)."""
         if self.process is not None:
