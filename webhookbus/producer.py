@@ -5,12 +5,12 @@ the CPU a request costs and, worse, the GIL from the event loop (bench/README.md
 each listener process starts one of these and talks to it over a socket pair
 (:mod:`webhookbus.publish` is the other end; :mod:`webhookbus.records` has the frames)::
 
-    listener -> producer   SETTINGS the producer options, once, first
-                           SEND    batch id, the batch's records as frames (records.py)
-                           ABANDON batch id: its request gave up; drop it if not sent yet
-                           CLOSE   a graceful stop: flush, answer, exit
+    listener -> producer   SETTINGS  the producer options, once, first
+                           SEND      batch id, the batch's records as frames (records.py)
+                           ABANDON   batch id: its request gave up; drop it if not sent yet
+                           CLOSE     a graceful stop: flush within the budget given, answer, exit
     producer -> listener   ANSWER    batch id, indexes of records the broker refused, why
-                           STATUS  whether a producer is connected, how many were replaced
+                           STATUS    whether a producer is connected, how many were replaced
 
 Here :class:`ProducerThread` owns the KafkaProducer and bounds what kafka-python holds;
 the main thread reads the socket.  After CLOSE it flushes what is on its way, answers and
@@ -43,14 +43,15 @@ from kafka.errors import KafkaError
 
 from webhookbus import log as logs
 from webhookbus.log import where
-from webhookbus.records import (ABANDON, ABANDONED, ANSWER, CLOSE, CLOSE_BUDGET, DONE, QUEUED, SEND, SENDING, SETTINGS, STATUS, Batch,
-                                PIPE, answer_body, pipe_frame, read_messages)
+from webhookbus.records import (ABANDON, ABANDONED, ANSWER, CLOSE, CLOSE_BUDGET, DONE, PIPE, QUEUED, SEND, SENDING,
+                                SETTINGS, STATUS, Batch, answer_body, pipe_frame, read_messages)
 
 log = logging.getLogger("webhookbus.producer")
 
 # How the process ended, for the listener's log (and tests): after CLOSE; its producer thread
 # died; the listener went away (the socket ended or was cut mid-frame) or never spoke.
 EXIT_CLOSED, EXIT_PRODUCER_FAILED, EXIT_LISTENER_GONE = 0, 2, 3
+
 
 def _close(producer: KafkaProducer, timeout: float) -> None:
     """Close, failing whatever is still pending after ``timeout`` (so its callbacks run).

@@ -24,8 +24,8 @@ from typing import Any
 
 from webhookbus.config import KafkaSettings
 from webhookbus.log import where
-from webhookbus.records import (ABANDON, ANSWER, CLOSE, CLOSE_BUDGET, DONE, PIPE, SEND, SETTINGS, STATUS, Batch, KafkaMessage, parse_answer,
-                                pipe_frame, send_body)
+from webhookbus.records import (ABANDON, ANSWER, CLOSE, CLOSE_BUDGET, DONE, PIPE, SEND, SETTINGS, STATUS, Batch,
+                                KafkaMessage, parse_answer, pipe_frame, send_body)
 
 log = logging.getLogger("webhookbus.publish")
 
