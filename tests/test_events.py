@@ -209,3 +209,11 @@ def test_uip_v1_compact_signature_puts_the_signed_text_in_records_not_the_body()
     event, structured, binary = records(verifier, inbound(BODY, {"x-uip-signature": _mac(SECRET, compact).hex()}))
     assert event.data_json == compact and binary == compact
     assert structured.endswith(b',"data":' + compact + b"}") and BODY not in structured
+
+
+def test_a_plugin_extension_cannot_take_a_core_attribute_name():
+    request = InboundRequest("acme", "POST", "/x", "", {}, b'{"a": 1}', datetime(2026, 1, 1, tzinfo=timezone.utc))
+    event = normalize(request, "acme", ProviderEvent(name="thing", data={"a": 1}, id="evt-1",
+                                                     extensions={"id": "forged", "type": "other", "region": "eu"}))
+    document = json.loads(encode_structured(event)[0])
+    assert (document["id"], document["type"], document["region"]) == ("evt-1", "acme.thing", "eu")

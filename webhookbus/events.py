@@ -19,6 +19,9 @@ from webhookbus.plugin import InboundRequest, ProviderEvent
 SPECVERSION = "1.0"
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 Headers = list[tuple[str, bytes]]
+# Attribute names a plugin's extension may not take: CloudEvents' own, and the ones webhookbus adds.
+RESERVED_ATTRIBUTES = frozenset({"specversion", "id", "source", "type", "datacontenttype", "dataschema", "subject",
+                                 "time", "data", "data_base64", "receivedtime", "verifier", "rawbody"})
 
 
 def dotted_get(data: Any, path: str | None) -> Any:
@@ -87,8 +90,9 @@ def normalize(request: InboundRequest, verifier: str, event: ProviderEvent) -> C
         subject=event.subject,
         time=event.time or request.received_at,
         data=event.data,
-        # The plugin's extensions first: it may add attributes, never overwrite ours.
-        extensions={**event.extensions, "receivedtime": rfc3339(request.received_at), "verifier": verifier},
+        # A plugin may add attributes, never overwrite ours (an "id" extension would replace the id).
+        extensions={**{name: value for name, value in event.extensions.items() if name not in RESERVED_ATTRIBUTES},
+                    "receivedtime": rfc3339(request.received_at), "verifier": verifier},
         raw_body=request.body,
         data_json=event.data_json,
     )

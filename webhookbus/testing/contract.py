@@ -35,7 +35,7 @@ from datetime import datetime
 
 import pytest
 
-from webhookbus.events import encode_structured, normalize
+from webhookbus.events import RESERVED_ATTRIBUTES, encode_structured, normalize
 from webhookbus.plugin import (
     Accepted,
     InboundRequest,
@@ -53,8 +53,6 @@ MAX_DETAIL = 300
 """A detail is a short reason; anything longer is probably echoing the request back."""
 
 _EXTENSION_NAME = re.compile(r"[a-z0-9]{1,20}")
-_RESERVED = {"id", "source", "specversion", "type", "datacontenttype", "dataschema", "subject", "time", "data",
-             "receivedtime", "verifier", "rawbody"}
 
 
 @dataclass
@@ -184,7 +182,7 @@ class VerifierContract:
             assert event.subject is None or isinstance(event.subject, str), f"subject {event.subject!r}"
             assert event.time is None or (isinstance(event.time, datetime) and event.time.tzinfo), "time needs a tz"
             for name, value in event.extensions.items():
-                assert _EXTENSION_NAME.fullmatch(name) and name not in _RESERVED, f"extension name {name!r}"
+                assert _EXTENSION_NAME.fullmatch(name) and name not in RESERVED_ATTRIBUTES, f"extension name {name!r}"
                 assert isinstance(value, str), f"extension {name} must be a string"
             if event.data_json is not None:  # copied into records as is: it must say what data says
                 assert isinstance(event.data_json, bytes), "data_json must be bytes"
