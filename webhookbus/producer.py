@@ -10,7 +10,7 @@ each listener process starts one of these and talks to it over a socket pair
                            ABANDON   batch id: its request gave up; drop it if not sent yet
                            CLOSE     a graceful stop: flush within the budget given, answer, exit
     producer -> listener   ANSWER    batch id, indexes of records the broker refused, why
-                           STATUS    whether a producer is connected, how many were replaced
+                           STATUS    whether a producer is connected (for /readyz)
 
 Here :class:`ProducerThread` owns the KafkaProducer and bounds what kafka-python holds;
 the main thread reads the socket.  After CLOSE it flushes what is on its way, answers and
@@ -267,7 +267,7 @@ def serve(sock: socket.socket) -> None:
         answer(pipe_frame(ANSWER, batch_id, answer_body(batch.failed, batch.error)))
 
     engine = ProducerThread(settings["options"], settings["max_in_flight_records"], settings["stall_after"],
-                            lambda connected, replaced: answer(pipe_frame(STATUS, int(connected), replaced.to_bytes(4, "little"))))
+                            lambda connected, _replaced: answer(pipe_frame(STATUS, int(connected))))
     engine.start()
     try:
         while (frame := _read(reader)) is not None:
@@ -296,10 +296,10 @@ def _read(reader: BinaryIO) -> tuple[bytes, int, bytes] | None:
         if len(head) < PIPE.size:
             return None
         length, kind, batch_id = PIPE.unpack(head)
-        body = reader.read(length - (PIPE.size - 4))
+        body = reader.read(length)
     except OSError:  # ECONNRESET: the listener died with answers unread
         return None
-    if len(body) != length - (PIPE.size - 4):
+    if len(body) != length:
         return None
     return kind, batch_id, body
 

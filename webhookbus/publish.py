@@ -87,8 +87,7 @@ class Publisher:
         self._connected = False
         self._closing = False
         self._gone: asyncio.Future[None] | None = None  # resolved when the current producer process is gone
-        self._connecting: asyncio.Task[None] | None = None
-        self.producers_replaced = 0
+        self._connecting: asyncio.Task[None] | None = None  # held: the loop keeps only a weak reference
         self.processes_started = 0
 
     def start(self) -> None:
@@ -119,7 +118,7 @@ class Publisher:
             try:
                 self._loop.call_soon_threadsafe(self._send, batch)
             except RuntimeError:  # the loop is closed: the process is stopping
-                self._settle(batch, list(range(len(messages))), "publisher closed")
+                self._fail(batch, "publisher closed")
         return batch
 
     def when_done(self, batch: Batch, callback: Callable[[Batch], None]) -> None:
@@ -196,7 +195,7 @@ class Publisher:
 
     def _send(self, batch: Batch) -> None:
         if self._gone is None or self._gone.done():
-            self._settle(batch, list(range(len(batch.messages))), "producer process not running")
+            self._fail(batch, "producer process not running")
             return
         batch.id = next(self._ids)
         self._batches[batch.id] = batch
@@ -224,7 +223,6 @@ class Publisher:
                 self._settle(batch, *parse_answer(body))
         elif kind == STATUS:
             self._connected = bool(batch_id)
-            self.producers_replaced = int.from_bytes(body, "little")
 
     def _settle(self, batch: Batch, failed: list[int], error: str | None) -> None:
         with self._lock:
@@ -270,11 +268,14 @@ class Publisher:
             assert self._loop is not None
             self._loop.call_later(RESTART_AFTER, self._restart)
 
+    def _fail(self, batch: Batch, reason: str) -> None:
+        self._settle(batch, list(range(len(batch.messages))), reason)
+
     def _fail_all(self, reason: str) -> None:
         self._outbox.clear()
         batches, self._batches = self._batches, {}
         for batch in batches.values():
-            self._settle(batch, list(range(len(batch.messages))), reason)
+            self._fail(batch, reason)
 
 
 class _Pipe(asyncio.Protocol):
@@ -294,7 +295,7 @@ class _Pipe(asyncio.Protocol):
         at = 0
         while len(buffer) - at >= PIPE.size:
             length, kind, batch_id = PIPE.unpack_from(buffer, at)
-            end = at + 4 + length
+            end = at + PIPE.size + length
             if end > len(buffer):
                 break
             self.on_frame(kind, batch_id, bytes(buffer[at + PIPE.size:end]))

@@ -98,7 +98,7 @@ def decode(payload: bytes) -> SpooledRecord:
 
 # -- the pipe to the producer process (webhookbus.producer describes the conversation) ----
 
-PIPE = struct.Struct("<IcQ")  # length of what follows the length field, kind, batch id
+PIPE = struct.Struct("<IcQ")  # body length, kind, batch id; the body follows
 SETTINGS, SEND, ABANDON, CLOSE, ANSWER, STATUS = b"C", b"S", b"A", b"Q", b"D", b"R"
 CLOSE_BUDGET = struct.Struct("<d")  # CLOSE's body: seconds the producer may spend flushing
 _COUNT = struct.Struct("<I")
@@ -106,7 +106,7 @@ _ERROR = struct.Struct("<H")
 
 
 def pipe_frame(kind: bytes, batch_id: int, body: bytes = b"") -> bytes:
-    return PIPE.pack(PIPE.size - 4 + len(body), kind, batch_id) + body
+    return PIPE.pack(len(body), kind, batch_id) + body
 
 
 def send_body(messages: Sequence[KafkaMessage]) -> bytes:
