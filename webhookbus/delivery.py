@@ -7,8 +7,11 @@
 
 An event id the provider gave is remembered only after its messages were durably
 accepted, and a second request with the same id waits for the first: it is answered 2xx
-without publishing if the first succeeded, and tried afresh if the first failed.
-README, "What a 2xx means", states the resulting guarantees.
+without publishing if the first succeeded, and tried afresh if the first failed.  A
+request answered 503 at the deadline may have left its messages with the producer: they
+can still land, so the id stays claimed until they are answered for, and remembered if
+they land.  Meanwhile a retry waits at most ``publish_timeout`` and is answered 503 again
+rather than sending a second copy.  README, "What a 2xx means", states the guarantees.
 """
 
 from __future__ import annotations
@@ -36,9 +39,10 @@ class Refused(Exception):
 
     status = 503
 
-    def __init__(self, error: str, detail: str, retry_after: int) -> None:
+    def __init__(self, error: str, detail: str, retry_after: int, in_flight: Batch | None = None) -> None:
         super().__init__(detail)
         self.error, self.detail, self.retry_after = error, detail, retry_after
+        self.in_flight = in_flight  # the messages given up at the deadline, which may still land
 
 
 class Delivery:
@@ -89,9 +93,9 @@ class Delivery:
         forwarders = [f for f in [self.forwarder, *self.adopted] if f is not None]
         for forwarder in forwarders:
             await asyncio.to_thread(forwarder.stop, timeout)
-        if self.dedup is not None:
-            self.dedup.close()
         await self.publisher.close(timeout)
+        if self.dedup is not None:  # after the publisher: a late ack still marks its event
+            self.dedup.close()
         for forwarder in forwarders:  # unlock last: another process may take the slots over
             forwarder.spool.close()
         if self.spool is not None:
@@ -104,8 +108,7 @@ class Delivery:
         window = provider.settings.dedup_window
         keys = [dedup_key(provider.name, event.id) if window and given is not None else None
                 for given, event in zip(given_ids, events)]
-        while waits := {self._claims[key] for key in keys if key is not None and key in self._claims}:
-            await asyncio.wait(waits)  # a request for the same event is in flight: learn its outcome
+        await self._wait_for_earlier_copies(provider, keys)
         now = time.time()
         fresh = [i for i, key in enumerate(keys) if key is None or not self.dedup.seen(key, now)]
         if len(fresh) < len(events):
@@ -120,17 +123,44 @@ class Delivery:
         claim = asyncio.get_running_loop().create_future() if claimed else None
         for key in claimed:
             self._claims[key] = claim  # type: ignore[assignment]
-        accepted = False
+        outcome: bool | Batch = False
         try:
             await self._store(provider, messages, fields)
-            accepted = True
-            self.dedup.mark(claimed, now + window)
+            outcome = True
+        except Refused as refused:
+            outcome = refused.in_flight or False
+            raise
         finally:
             if claim is not None:
-                for key in claimed:
-                    if self._claims.get(key) is claim:
-                        del self._claims[key]
-                claim.set_result(accepted)
+                if isinstance(outcome, Batch):
+                    self.publisher.when_done(outcome, lambda batch: self._settle_claim(claimed, claim, not batch.failed,
+                                                                                       now + window))
+                else:
+                    self._settle_claim(claimed, claim, outcome, now + window)
+
+    async def _wait_for_earlier_copies(self, provider: Provider, keys: list[bytes | None]) -> None:
+        """Wait while a request for the same event is in flight, to learn its outcome.
+
+        In ``reject`` mode an earlier copy may be in flight long after its own deadline (see
+        the module docstring): give up at ours and answer 503 rather than send a second copy.
+        """
+        settings = provider.settings
+        bounded = settings.ack == "broker" and settings.on_broker_timeout == "reject"
+        timeout = self.config.publish_timeout(provider.name) if bounded else None
+        while waits := {self._claims[key] for key in keys if key is not None and key in self._claims}:
+            done, _ = await asyncio.wait(waits, timeout=timeout)
+            if not done:
+                raise Refused("broker_unavailable", "an earlier copy of this event is not acknowledged yet",
+                              max(1, round(timeout or 1)))
+
+    def _settle_claim(self, keys: list[bytes], claim: asyncio.Future[bool], accepted: bool, expires: float) -> None:
+        if accepted:
+            assert self.dedup is not None
+            self.dedup.mark(keys, expires)
+        for key in keys:
+            if self._claims.get(key) is claim:
+                del self._claims[key]
+        claim.set_result(accepted)
 
     async def _store(self, provider: Provider, messages: list[KafkaMessage], fields: dict[str, Any]) -> None:
         if not messages:
@@ -145,7 +175,7 @@ class Delivery:
             await self.publisher.publish(messages, timeout)
         except PublishFailed as exc:
             if settings.on_broker_timeout == "reject":
-                raise Refused("broker_unavailable", exc.reason, max(1, round(timeout))) from None
+                raise Refused("broker_unavailable", exc.reason, max(1, round(timeout)), exc.in_flight) from None
             await self._spool(messages, exc.in_flight)
             fields["spooled"] = exc.reason
 
