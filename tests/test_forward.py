@@ -130,3 +130,48 @@ def test_a_record_spooled_past_its_deadline_is_sent_only_if_its_first_attempt_fa
     wait_until(lambda: spool.acked_below == 3)
     forwarder.stop(1)
     spool.close()
+
+
+def test_a_record_made_durable_while_the_forwarder_reads_is_not_left_behind(tmp_path):
+    """The spool's sync can land between the forwarder's read and its 'nothing more' verdict."""
+    spool = spool_with(tmp_path, 2)
+    publisher = HandPublisher()
+    forwarder = Forwarder(spool, publisher)  # type: ignore[arg-type]
+    read, reads = spool.read, []
+
+    def read_racing_a_sync(position, want):
+        if reads:
+            return read(position, want)
+        reads.append(want)
+        found = read(position, 1)  # value-1 was not durable yet when this read looked...
+        forwarder._wake()  # ...and its sync completed before the read returned
+        return found
+
+    spool.read = read_racing_a_sync  # type: ignore[method-assign]
+    forwarder.start()
+    wait_until(lambda: len(publisher.batches) == 2)
+    assert publisher.values() == [b"value-0", b"value-1"], "no later append is needed to send value-1"
+    for batch in publisher.batches:
+        HandPublisher.answer(batch)
+    wait_until(lambda: spool.acked_below == 2)
+    forwarder.stop(1)
+    spool.close()
+
+
+def test_batches_refused_together_start_one_round_of_retries_not_one_each(tmp_path):
+    """An outage fails every outstanding batch at once; each must not double the pause."""
+    spool = spool_with(tmp_path, 8)
+    publisher = HandPublisher()
+    forwarder = Forwarder(spool, publisher, batch_records=2, window=8)  # type: ignore[arg-type]
+    forwarder.start()
+    wait_until(lambda: len(publisher.batches) == 4)
+    for batch in publisher.batches:
+        HandPublisher.answer(batch, failed=[0, 1])
+    assert forwarder._backoff == 0.1, "one round of retries, at the first pause"
+    wait_until(lambda: len(publisher.batches) == 8)
+    assert sorted(publisher.values()[8:]) == sorted(publisher.values()[:8])
+    for batch in publisher.batches[4:]:
+        HandPublisher.answer(batch)
+    wait_until(lambda: spool.acked_below == 8)
+    forwarder.stop(1)
+    spool.close()

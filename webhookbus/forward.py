@@ -47,6 +47,7 @@ class Forwarder:
         self._retry_at = 0.0
         self._backoff = 0.0
         self._readable = True
+        self._durable_syncs = 0  # counts _wake calls: a sync during a read must not be missed
         self._acks_changed = False
         self._draining = False
         self._stopping = False
@@ -75,6 +76,7 @@ class Forwarder:
     def _wake(self) -> None:
         with self._cond:
             self._readable = True
+            self._durable_syncs += 1
             self._cond.notify_all()
 
     # -- the forwarder thread --------------------------------------------------------------
@@ -92,6 +94,7 @@ class Forwarder:
                         retry.append(self._retry.popleft())
                 room = self.window - self._outstanding
                 read = not retry and not self._draining and self._readable and room > 0
+                syncs_before_read = self._durable_syncs
                 self._acks_changed = False
             if retry:
                 self._send(retry)
@@ -99,7 +102,8 @@ class Forwarder:
                 want = min(self.batch_records, room)
                 records, missing = self.spool.read(self._position, want)
                 with self._cond:
-                    self._readable = len(records) == want
+                    # A short read means the spool's end, unless records became durable meanwhile.
+                    self._readable = len(records) == want or self._durable_syncs != syncs_before_read
                     for lost in missing:
                         self._acked.update(seq for seq in lost if seq >= self._acked_below)
                 self._send([r for r in records if r.seq >= self._acked_below])
@@ -143,6 +147,7 @@ class Forwarder:
     def _sent(self, records: list[SpooledRecord], batch: Batch) -> None:
         # On the event loop's thread, when the producer process answered: bookkeeping only.
         failed = set(batch.failed)
+        new_round = False
         with self._cond:
             self._outstanding -= len(records)
             for index, record in enumerate(records):
@@ -150,14 +155,16 @@ class Forwarder:
                     self._retry.append(record)
                 else:
                     self._acked.add(record.seq)
-            if failed:
+            if failed and (now := time.monotonic()) >= self._retry_at:
+                # Once per round of retries: the batches of one outage all fail within a moment.
+                new_round = True
                 self._backoff = min(MAX_BACKOFF, max(0.1, self._backoff * 2))
-                self._retry_at = time.monotonic() + self._backoff
-            else:
+                self._retry_at = now + self._backoff
+            elif not failed:
                 self._backoff = 0.0
             self._acks_changed = True
             self._cond.notify_all()
-        if failed:
+        if new_round:
             log.warning("spool: forwarding failed, will retry",
                         extra={"reason": batch.error, "records": len(failed), "retry_in_s": round(self._backoff, 2)})
 
