@@ -28,6 +28,7 @@ def test_gitlab_plugin_end_to_end(webhookbus_listener, kafka_broker, topic_name)
     assert listener.post("/webhooks/gitlab", body, {**headers, "x-gitlab-token": "wrong"}).status == 401
     not_allowed = json.dumps({"object_kind": "issue"}).encode()
     assert listener.post("/webhooks/gitlab", not_allowed, headers).status == 400
+    assert listener.post("/webhooks/gitlab", b'{"object_kind": "push", "user_id": NaN}', headers).status == 400
     assert listener.post("/webhooks/gitlab", body, headers).status == 200
 
     [record] = read_topic(kafka_broker.bootstrap, topic, 1)

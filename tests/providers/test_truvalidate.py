@@ -329,7 +329,7 @@ def test_non_json_jwe_payload(verifier, keys):
         verifier.verify(request(body, signed(keys, body), content_type="application/jose"))
 
 
-@pytest.mark.parametrize("body", [b"{not json", b"\xff\xfe\x00", b"[" * 100_000])
+@pytest.mark.parametrize("body", [b"{not json", b"\xff\xfe\x00", b"[" * 100_000, b'{"api_time": Infinity}'])
 def test_non_json_plain_body(verifier, keys, body):
     with pytest.raises(MalformedPayload, match="body is not valid JSON"):
         verifier.verify(request(body, signed(keys, body)))

@@ -274,7 +274,7 @@ def test_garbage_header(verifier, header):
         verifier.verify(request(b"{}", header))
 
 
-@pytest.mark.parametrize("body", [b"{not json", b"\xff\xfe\x00\x01", b"[" * 100_000, b""])
+@pytest.mark.parametrize("body", [b"{not json", b"\xff\xfe\x00\x01", b"[" * 100_000, b"", b'{"id": NaN}'])
 def test_malformed_json(verifier, body):
     with pytest.raises(MalformedPayload, match="JSON|nested"):
         verifier.verify(request(body, legacy(body)))

@@ -31,7 +31,7 @@ from jwcrypto import jwe, jwk, jws
 from pydantic import Field
 
 from webhookbus.plugin import (
-    Accepted, InboundRequest, MalformedPayload, ProviderEvent, Secrets, VerificationFailed, VerifierOptions,
+    Accepted, InboundRequest, MalformedPayload, ProviderEvent, Secrets, VerificationFailed, VerifierOptions, parse_json,
 )
 
 logger = logging.getLogger("webhookbus.verifiers.truvalidate")
@@ -93,10 +93,10 @@ class TruValidateVerifier:
         if encrypted:
             body = self._decrypt(body)
         try:
-            data = json.loads(body) if body.strip() else None  # an empty body is allowed: its hash matched
+            data, data_json = parse_json(body) if body.strip() else (None, None)  # empty is allowed: its hash matched
         except (UnicodeDecodeError, ValueError, RecursionError):
             raise MalformedPayload(f"{'decrypted ' if encrypted else ''}body is not valid JSON") from None
-        return Accepted(_event(data, claims))
+        return Accepted(_event(data, data_json, claims))
 
     def _check_client(self, request: InboundRequest) -> None:
         if self.client_subject is None:
@@ -247,7 +247,7 @@ def _moment(value: Any) -> datetime | None:
     return None
 
 
-def _event(data: Any, claims: dict[str, Any]) -> ProviderEvent:
+def _event(data: Any, data_json: bytes | None, claims: dict[str, Any]) -> ProviderEvent:
     record = data if isinstance(data, dict) else {}
     if record.get("type") == "DEVICE_LINK_COMPLETION":
         name = "device_link_completion"
@@ -260,7 +260,7 @@ def _event(data: Any, claims: dict[str, Any]) -> ProviderEvent:
     fields = ("service_user_hash",) if name == "session_end" else USER_FIELDS
     subject = next((record[f] for f in fields if isinstance(record.get(f), str) and record[f]), None)
     time_ = _moment(record.get("api_time")) or _moment(claims["iat"])
-    return ProviderEvent(name=name, data=data, id=claims["jti"], subject=subject, time=time_)
+    return ProviderEvent(name=name, data=data, id=claims["jti"], subject=subject, time=time_, data_json=data_json)
 
 
 def _dn_pairs(subject: Any) -> tuple[tuple[str, str], ...] | None:

@@ -15,7 +15,6 @@ scalars are strings (``"107"`` where JSON has ``107``) and a one-element list is
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import xml.etree.ElementTree as ElementTree
@@ -28,7 +27,7 @@ import defusedxml.ElementTree
 from pydantic import Field
 
 from webhookbus.plugin import (
-    Accepted, InboundRequest, MalformedPayload, ProviderEvent, Secrets, VerificationFailed, VerifierOptions,
+    Accepted, InboundRequest, MalformedPayload, ProviderEvent, Secrets, VerificationFailed, VerifierOptions, parse_json,
 )
 from webhookbus.signing import check_timestamp, decode_digest, require_match
 
@@ -60,7 +59,7 @@ class ZignSecVerifier:
         if header is None:
             raise VerificationFailed("missing X-ZignSec-Hmac-SHA256 header")
         signed_at = self._check_signature(header.strip(), request.body)
-        data = _parse(request)
+        data, data_json = _parse(request)
         record = data if isinstance(data, dict) else {}
         session_id = _scalar(record, "id")
         name = _scalar(record, "event") or _scalar(record, "method") or "result"
@@ -72,6 +71,7 @@ class ZignSecVerifier:
         return Accepted(ProviderEvent(
             name=name.lower(),
             data=data,
+            data_json=data_json,
             id=f"{session_id}:{status}" if session_id and status else session_id,
             subject=session_id,
             time=datetime.fromtimestamp(signed_at, timezone.utc) if signed_at is not None else None,
@@ -97,17 +97,18 @@ class ZignSecVerifier:
         return signed_at
 
 
-def _parse(request: InboundRequest) -> Any:
-    """JSON, or XML when the Content-Type says so (or, lacking one, the body starts with ``<``)."""
+def _parse(request: InboundRequest) -> tuple[Any, bytes | None]:
+    """JSON, or XML when the Content-Type says so (or, lacking one, the body starts with ``<``);
+    with the JSON text for ``ProviderEvent.data_json`` (None for XML)."""
     kind = request.content_type
     try:
         if kind in XML_TYPES or kind.endswith("+xml") or ("json" not in kind and request.body.lstrip()[:1] == b"<"):
             try:
-                return _element(defusedxml.ElementTree.fromstring(request.body, forbid_dtd=True))
+                return _element(defusedxml.ElementTree.fromstring(request.body, forbid_dtd=True)), None
             except (defusedxml.DefusedXmlException, ElementTree.ParseError, ValueError):
                 raise MalformedPayload("body is not well-formed XML without a DTD") from None
         try:
-            return json.loads(request.body)
+            return parse_json(request.body)
         except (UnicodeDecodeError, ValueError):
             raise MalformedPayload("body is not valid JSON") from None
     except RecursionError:

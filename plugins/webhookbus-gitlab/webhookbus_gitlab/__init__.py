@@ -8,7 +8,6 @@ in :mod:`webhookbus.plugin`.
 from __future__ import annotations
 
 import hmac
-import json
 
 from pydantic import Field
 
@@ -20,6 +19,7 @@ from webhookbus.plugin import (
     Secrets,
     VerificationFailed,
     VerifierOptions,
+    parse_json,
 )
 
 
@@ -43,9 +43,9 @@ class GitLabVerifier:
         if not any(matches):
             raise VerificationFailed("X-Gitlab-Token is missing or wrong")
         try:
-            payload = json.loads(request.body)
+            payload, payload_json = parse_json(request.body)
             kind = payload["object_kind"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise MalformedPayload("body is not a GitLab event (JSON with object_kind)") from None
         if self.options.allowed_events and kind not in self.options.allowed_events:
             raise MalformedPayload(f"event {kind!r} is not accepted here")
@@ -54,6 +54,7 @@ class GitLabVerifier:
             ProviderEvent(
                 name=str(kind),
                 data=payload,
+                data_json=payload_json,
                 id=request.headers.get("x-gitlab-event-uuid"),
                 subject=None if user is None else str(user),
             )
