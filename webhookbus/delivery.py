@@ -20,6 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from webhookbus.config import Config, Provider
@@ -123,20 +124,20 @@ class Delivery:
         claim = asyncio.get_running_loop().create_future() if claimed else None
         for key in claimed:
             self._claims[key] = claim  # type: ignore[assignment]
-        outcome: bool | Batch = False
+        accepted, late = False, None
         try:
             await self._store(provider, messages, fields)
-            outcome = True
+            accepted = True
         except Refused as refused:
-            outcome = refused.in_flight or False
+            late = refused.in_flight
             raise
         finally:
             if claim is not None:
-                if isinstance(outcome, Batch):
-                    self.publisher.when_done(outcome, lambda batch: self._settle_claim(claimed, claim, not batch.failed,
-                                                                                       now + window))
+                settle = partial(self._settle_claim, claimed, claim, expires=now + window)
+                if late is None:
+                    settle(accepted)
                 else:
-                    self._settle_claim(claimed, claim, outcome, now + window)
+                    self.publisher.when_done(late, lambda batch: settle(not batch.failed))
 
     async def _wait_for_earlier_copies(self, provider: Provider, keys: list[bytes | None]) -> None:
         """Wait while a request for the same event is in flight, to learn its outcome.
@@ -146,12 +147,12 @@ class Delivery:
         """
         settings = provider.settings
         bounded = settings.ack == "broker" and settings.on_broker_timeout == "reject"
-        timeout = self.config.publish_timeout(provider.name) if bounded else None
+        timeout = self.config.publish_timeout(provider.name)
         while waits := {self._claims[key] for key in keys if key is not None and key in self._claims}:
-            done, _ = await asyncio.wait(waits, timeout=timeout)
+            done, _ = await asyncio.wait(waits, timeout=timeout if bounded else None)
             if not done:
                 raise Refused("broker_unavailable", "an earlier copy of this event is not acknowledged yet",
-                              max(1, round(timeout or 1)))
+                              max(1, round(timeout)))
 
     def _settle_claim(self, keys: list[bytes], claim: asyncio.Future[bool], accepted: bool, expires: float) -> None:
         if accepted:
