@@ -13,7 +13,7 @@ import sys
 import time
 
 import pytest
-from kafka.errors import UnknownProducerIdError
+from kafka.errors import KafkaConnectionError, UnknownProducerIdError
 from kafka.future import Future
 
 from webhookbus import producer
@@ -40,7 +40,11 @@ class StandInProducer:
         return future
 
     def close(self, timeout: float = 0) -> None:
+        """Like kafka-python's: what the broker has not answered fails with the producer."""
         self.closed = True
+        for _, future in self.sent:
+            if not future.is_done:
+                future.failure(KafkaConnectionError("producer closed"))
 
 
 @pytest.fixture
@@ -105,6 +109,23 @@ def test_a_producer_that_failed_for_good_is_replaced_and_its_callers_told(stand_
     assert first.closed and engine.producers_replaced == 1
     assert statuses == [(True, 0), (False, 1), (True, 1)], "the listener hears of the replacement"
     StandInProducer.instances[1].sent[0][1].success(None)
+    engine.close(2)
+
+
+def test_a_failed_record_replaces_the_producer_even_when_nothing_more_is_sent(stand_in):
+    """Its other records may wait on a producer id forever: no new batch must be needed."""
+    engine = ProducerThread({}, max_in_flight_records=100, stall_after=60)
+    engine.start()
+    done: list[list[int]] = []
+    engine.submit(Batch(message(0) + message(1), callbacks=[lambda b: done.append(sorted(b.failed))]))
+    wait_until(lambda: len(all_sent()) == 2)
+    time.sleep(1.2)  # the stall clock ages
+    StandInProducer.instances[0].sent[0][1].failure(UnknownProducerIdError())
+    wait_until(lambda: engine.producers_replaced == 1)
+    assert done == [[0, 1]], "closing the failed producer answered its other record"
+    assert time.monotonic() - engine._progress_at < 1.0, "the stall clock restarts with the new producer"
+    time.sleep(1.2)
+    assert engine.producers_replaced == 1, "the old producer's failures did not condemn the new one"
     engine.close(2)
 
 

@@ -173,8 +173,13 @@ class ProducerThread:
             self._check_stall()  # outside the lock: replacing the producer fails its records (_settle)
 
     def _check_stall(self) -> None:
+        if self._broken and self._producer is not None:
+            # A record failed: replace the producer now, not when the next batch comes (there may
+            # be none, and its other records can wait on a producer id forever).
+            self._ensure_producer()
+            return
         stalled_for = time.monotonic() - self._progress_at
-        if self._records_in_flight and stalled_for > self._stall_after and not self._broken:
+        if self._records_in_flight and stalled_for > self._stall_after:
             log.warning("Kafka producer made no progress", extra={"seconds": round(stalled_for, 1),
                                                                   "records_in_flight": self._records_in_flight})
             self._broken = True
@@ -188,15 +193,18 @@ class ProducerThread:
             log.warning("replacing a failed Kafka producer")
             _close(self._producer, 0)
             self._producer = None
-            self.producers_replaced += 1
+            with self._lock:  # against _failed: a record of the old producer must not condemn the new one
+                self.producers_replaced += 1
+                self._broken = False
             self._on_status(False, self.producers_replaced)
-        self._broken = False
         if self._producer is None:
             try:
                 self._producer = KafkaProducer(**self._options)
             except KafkaError as exc:
                 log.warning("cannot connect to Kafka", extra={"reason": type(exc).__name__})
                 return None
+            self._broken = False
+            self._progress_at = time.monotonic()  # the stall clock starts with the producer
             self._on_status(True, self.producers_replaced)
         return self._producer
 
@@ -208,8 +216,9 @@ class ProducerThread:
         # kafka-python gave up on this record (retries and delivery timeout spent, or an
         # error it cannot retry): whatever the cause, start afresh with a new producer,
         # unless this is a record of a producer already replaced.
-        if generation == self.producers_replaced:
-            self._broken = True
+        with self._lock:
+            if generation == self.producers_replaced:
+                self._broken = True
         self._settle(batch, 1, [index], f"broker rejected a message: {type(exc).__name__}")
 
     def _fail_from(self, batch: Batch, start: int, error: str) -> None:
