@@ -208,3 +208,37 @@ def test_a_failing_disk_fails_the_requests_and_loses_no_earlier_record(tmp_path,
     assert [r.message.value for r in records] == [message(1).value, message(3).value]
     assert [r.seq for r in records] == [0, 1]
     spool.close()
+
+
+@pytest.mark.parametrize("fail_on", ["write", "fdatasync", "_fsync_directory"])
+def test_a_failed_first_write_to_a_new_segment_does_not_block_the_appends_after_it(tmp_path, monkeypatch, fail_on):
+    """The segment is named after the next sequence number, which the next one starts at too."""
+    import threading
+
+    from webhookbus import spool as spool_module
+    from webhookbus.spool import SpoolError
+
+    spool = Spool(tmp_path, 1 << 30, 1 << 30)
+    where = spool_module if fail_on == "_fsync_directory" else os
+    real, failed = getattr(where, fail_on), []
+
+    def fails_once_on_the_writer_thread(*args):
+        if not failed and threading.current_thread().name == "webhookbus-spool":
+            failed.append(fail_on)
+            raise OSError(28, "No space left on device")
+        return real(*args)
+
+    async def main() -> None:
+        spool.start()
+        with pytest.raises(SpoolError):
+            await spool.append([message(1)])
+        await spool.append([message(2)])
+        await spool.append([message(3)])
+        await spool.stop_writing()
+
+    monkeypatch.setattr(where, fail_on, fails_once_on_the_writer_thread)
+    asyncio.run(main())
+    assert failed == [fail_on]
+    assert values(spool) == [message(2).value, message(3).value]
+    assert list_segments(spool.slot) == [0]
+    spool.close()

@@ -313,34 +313,48 @@ class Spool:
         except RuntimeError:  # loop closed: nobody waits any more
             pass
         if error is None:
-            self.on_durable()
             if self._active_size >= self.segment_bytes:
-                self._roll()
+                self._roll()  # first: the forwarder woken next may release the whole segment
+            self.on_durable()
 
     def _open_segment(self) -> int:
         path = segment_path(self.slot, self.next_seq)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
-        _fsync_directory(self.slot)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        try:
+            _fsync_directory(self.slot)
+        except OSError:
+            os.close(fd)
+            path.unlink(missing_ok=True)  # else its name, the next seq, stays taken (EEXIST)
+            raise
+        self._fd = fd
         with self._lock:
             self._active, self._active_size = self.next_seq, 0
             self._segments.append(self.next_seq)
         return self._fd
 
-    def _roll(self) -> None:
+    def _roll(self, discard: bool = False) -> None:
+        """Close the active segment; ``discard`` removes it too (it holds nothing durable)."""
         if self._fd is not None:
             os.close(self._fd)
         self._fd = None
-        with self._lock:
+        with self._lock:  # one step for release(): it must never see a discarded segment as spent
+            if discard and self._active is not None:
+                self._segments.remove(self._active)
+                segment_path(self.slot, self._active).unlink(missing_ok=True)
             self._active = None
 
     def _abandon_segment(self) -> None:
-        """After a failed write the segment's tail is unknown: cut it back and start a new one."""
+        """After a failed write the segment's tail is unknown: cut it back and start a new one.
+
+        A segment with nothing durable in it goes entirely, or its name (the next sequence
+        number, which the next segment starts at) would stay taken.
+        """
         if self._fd is not None and self._active is not None:
             try:
                 os.ftruncate(self._fd, self._active_size)
             except OSError:
                 pass  # the reader stops at the damaged frame and moves to the next segment
-        self._roll()
+        self._roll(discard=self._active_size == 0)
 
     # -- the forwarder's side --------------------------------------------------------------
 
@@ -370,8 +384,11 @@ class Spool:
                     break
                 position.segment, position.offset = later[0], 0
             limit = durable if position.segment == active else None
-            found, position.offset, damaged = read_frames(
-                segment_path(self.slot, position.segment), position.offset, limit, max_records - len(records))
+            try:
+                found, position.offset, damaged = read_frames(
+                    segment_path(self.slot, position.segment), position.offset, limit, max_records - len(records))
+            except FileNotFoundError:  # an empty segment abandoned after a failed write (same name next time)
+                break
             if found:
                 records += found
                 position.next_seq = found[-1].seq + 1
