@@ -141,6 +141,30 @@ def test_a_copy_given_up_at_the_deadline_that_lands_later_is_remembered(webhookb
     assert sorted(ids(own_broker.bootstrap, topic, 2)) == ["evt-late", "warm-up"], "the first copy landed, and only it"
 
 
+def test_a_copy_given_up_at_the_deadline_and_refused_by_a_full_spool_is_still_awaited(webhookbus_listener, own_broker,
+                                                                                      topic_name):
+    """ack: broker with the spool fallback: a 503 for spool_full may leave a copy with the producer too."""
+    topic = topic_name("full-late")
+    listener = webhookbus_listener({**config(topic), "spool": {"max_bytes": 4000}}, bootstrap=own_broker.bootstrap)
+    assert listener.post(PATH, *event("warm-up")).status == 200
+    broker = own_broker.process.pid
+    os.kill(broker, signal.SIGSTOP)
+    try:
+        with ThreadPoolExecutor(30) as pool:  # all reach their deadline together, then race for the spool
+            replies = dict(zip(range(30), pool.map(lambda n: listener.post(PATH, *event(f"fill-{n}")), range(30))))
+        refused = [n for n, reply in replies.items() if reply.status == 503]
+        assert refused and {replies[n].json()["error"] for n in refused} == {"spool_full"}
+        retry = listener.post(PATH, *event(f"fill-{refused[0]}"))
+        assert retry.status == 503
+        assert retry.json()["detail"] == "an earlier copy of this event is not acknowledged yet"
+    finally:
+        os.kill(broker, signal.SIGCONT)
+    for n in refused:
+        wait_until(lambda: listener.post(PATH, *event(f"fill-{n}")).status == 200)
+    delivered = ids(own_broker.bootstrap, topic, 31, timeout=60)
+    assert sorted(delivered) == sorted(["warm-up"] + [f"fill-{n}" for n in range(30)]), "each event once"
+
+
 def test_a_full_spool_answers_503_until_the_forwarder_made_room(webhookbus_listener, own_broker, topic_name):
     topic = topic_name("full")
     settings = {**config(topic, ack="spool"), "spool": {"max_bytes": 4000}}

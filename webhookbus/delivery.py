@@ -8,9 +8,9 @@
 An event id the provider gave is remembered only after its messages were durably
 accepted, and a second request with the same id waits for the first: it is answered 2xx
 without publishing if the first succeeded, and tried afresh if the first failed.  A
-request answered 503 at the deadline may have left its messages with the producer: they
-can still land, so the id stays claimed until they are answered for, and remembered if
-they land.  Meanwhile a retry waits at most ``publish_timeout`` and is answered 503 again
+request answered 503 at the deadline (``on_broker_timeout: reject``, or a full spool) may
+have left its messages with the producer: they can still land, so the id stays claimed
+until they are answered for, and remembered if they land.  Meanwhile a retry waits at most ``publish_timeout`` and is answered 503 again
 rather than sending a second copy.  README, "What a 2xx means", states the guarantees.
 """
 
@@ -142,11 +142,10 @@ class Delivery:
     async def _wait_for_earlier_copies(self, provider: Provider, keys: list[bytes | None]) -> None:
         """Wait while a request for the same event is in flight, to learn its outcome.
 
-        In ``reject`` mode an earlier copy may be in flight long after its own deadline (see
+        With ``ack: broker`` an earlier copy may be in flight long after its own deadline (see
         the module docstring): give up at ours and answer 503 rather than send a second copy.
         """
-        settings = provider.settings
-        bounded = settings.ack == "broker" and settings.on_broker_timeout == "reject"
+        bounded = provider.settings.ack == "broker"
         timeout = self.config.publish_timeout(provider.name)
         while waits := {self._claims[key] for key in keys if key is not None and key in self._claims}:
             done, _ = await asyncio.wait(waits, timeout=timeout if bounded else None)
@@ -177,7 +176,11 @@ class Delivery:
         except PublishFailed as exc:
             if settings.on_broker_timeout == "reject":
                 raise Refused("broker_unavailable", exc.reason, max(1, round(timeout)), exc.in_flight) from None
-            await self._spool(messages, exc.in_flight)
+            try:
+                await self._spool(messages, exc.in_flight)
+            except Refused as refused:  # the spool is full: the messages given up on may still land
+                refused.in_flight = exc.in_flight
+                raise
             fields["spooled"] = exc.reason
 
     async def _spool(self, messages: list[KafkaMessage], after: Batch | None) -> None:
