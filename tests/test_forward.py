@@ -175,3 +175,27 @@ def test_batches_refused_together_start_one_round_of_retries_not_one_each(tmp_pa
     wait_until(lambda: spool.acked_below == 8)
     forwarder.stop(1)
     spool.close()
+
+
+def test_records_read_while_stop_decides_are_left_in_the_spool_not_sent(tmp_path):
+    """stop() records the acks it saw; a batch sent after that would be acked unrecorded."""
+    spool = spool_with(tmp_path, 2)
+    publisher = HandPublisher()
+    forwarder = Forwarder(spool, publisher)  # type: ignore[arg-type]
+    read, stopper = spool.read, []
+
+    def read_while_stopping(position, want):
+        found = read(position, want)
+        if not stopper:
+            stopper.append(threading.Thread(target=forwarder.stop, args=(1,)))
+            stopper[0].start()
+            wait_until(lambda: forwarder._draining)
+        return found
+
+    spool.read = read_while_stopping  # type: ignore[method-assign]
+    forwarder.start()
+    wait_until(lambda: bool(stopper))
+    stopper[0].join(5)
+    assert publisher.batches == [], "nothing goes out after stop() began"
+    assert spool.acked_below == 0
+    spool.close()

@@ -129,6 +129,10 @@ class Forwarder:
     def _send(self, records: list[SpooledRecord]) -> None:
         if not records:
             return
+        with self._cond:
+            if self._draining:  # stop() decided while these were read: they stay in the spool
+                return
+            self._outstanding += len(records)
         plain: list[SpooledRecord] = []
         linked: list[tuple[SpooledRecord, Batch, int]] = []
         for record in records:
@@ -137,8 +141,6 @@ class Forwarder:
                 plain.append(record)
             else:
                 linked.append((record, *link))
-        with self._cond:
-            self._outstanding += len(records)
         for record, batch, index in linked:
             self.publisher.when_done(batch, partial(self._original_done, record, index))
         if plain:
