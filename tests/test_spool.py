@@ -242,3 +242,23 @@ def test_a_failed_first_write_to_a_new_segment_does_not_block_the_appends_after_
     assert values(spool) == [message(2).value, message(3).value]
     assert list_segments(spool.slot) == [0]
     spool.close()
+
+
+def test_a_record_that_cannot_be_encoded_fails_its_request_and_the_writer_goes_on(tmp_path, monkeypatch):
+    from webhookbus import spool as spool_module
+    from webhookbus.spool import SpoolError
+
+    real = spool_module.encode
+    monkeypatch.setattr(spool_module, "encode", lambda seq, now, m: real(seq, now, m) if m.value != b"bad" else 1 / 0)
+    spool = Spool(tmp_path, 1 << 30, 1 << 30)
+
+    async def main() -> None:
+        spool.start()
+        with pytest.raises(SpoolError, match="ZeroDivisionError at test_spool.py"):
+            await spool.append([KafkaMessage("t", None, b"bad", [], "r")])
+        await spool.append([message(2)])
+        await spool.stop_writing()
+
+    asyncio.run(asyncio.wait_for(main(), 10))
+    assert values(spool) == [message(2).value]
+    spool.close()

@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from webhookbus.log import where
 from webhookbus.records import FRAME, HEAD, MAX_FRAME, Batch, KafkaMessage, SpooledRecord, decode, encode
 
 log = logging.getLogger("webhookbus.spool")
@@ -296,9 +297,10 @@ class Spool:
             while view:
                 view = view[os.write(fd, view):]
             os.fdatasync(fd)
-        except OSError as exc:
-            error = SpoolError(f"spool write failed: {exc.strerror or type(exc).__name__}")
-            log.error("spool write failed", extra={"reason": exc.strerror or type(exc).__name__, "slot": str(self.slot)})
+        except Exception as exc:  # the disk (OSError), or a bug: either way the writer must go on
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else where(exc)
+            error = SpoolError(f"spool write failed: {reason}")
+            log.error("spool write failed", extra={"reason": reason, "slot": str(self.slot)})
             self._abandon_segment()
         with self._lock:
             self._queued_bytes -= sum(item.size for item in group)
