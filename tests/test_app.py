@@ -81,3 +81,64 @@ def test_plugin_extensions_cannot_overwrite_webhookbus_attributes():
     event = normalize(request, "hmac", ProviderEvent("x", {}, extensions={"verifier": "forged", "tenant": "acme"}))
     assert event.extensions["verifier"] == "hmac"
     assert event.extensions["tenant"] == "acme"
+
+
+def test_an_http2_stream_that_never_sends_its_body_gets_408_at_request_timeout():
+    """Over HTTP/2 a client's PINGs keep hypercorn's read timeout from ever firing for a stream."""
+    config = parse_config(CONFIG + "server: {request_timeout: 0.3}\n")
+    app = WebhookBus(config)
+    sent: list[dict] = []
+
+    async def never() -> dict:
+        await asyncio.Event().wait()
+        return {}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "http_version": "2", "method": "POST", "path": "/hooks/demo", "raw_path": b"/hooks/demo",
+             "query_string": b"", "headers": [], "client": ("127.0.0.1", 1234)}
+
+    async def main() -> None:
+        await asyncio.wait_for(app(scope, never, send), 5)
+
+    asyncio.run(main())
+    assert sent[0]["status"] == 408 and json.loads(sent[1]["body"])["error"] == "request_timeout"
+    assert app._in_flight == 0, "the slot is given back"
+
+
+def test_a_websocket_upgrade_is_refused_and_logged(caplog):
+    app = WebhookBus(parse_config(CONFIG))
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "websocket.connect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    with caplog.at_level(logging.WARNING, "webhookbus.http"):
+        asyncio.run(app({"type": "websocket", "path": "/hooks/demo"}, receive, send))
+    assert sent == [{"type": "websocket.close", "code": 1008}]
+    assert [r.error for r in caplog.records] == ["websocket_refused"]
+
+
+def test_a_provider_at_the_root_serves_the_paths_below_it():
+    config = parse_config(CONFIG.replace("path: /hooks/demo", "path: /"))
+    app = WebhookBus(config)
+    assert app.provider_for("/github").name == "demo"
+    assert app.provider_for("/").name == "demo"
+
+
+def test_readyz_probes_a_bootstrap_server_without_a_port_on_kafkas_default(monkeypatch):
+    config = parse_config(CONFIG + "kafka: {bootstrap_servers: [broker.internal]}\n")
+    app = WebhookBus(config)
+    dialled: list[tuple[str, int]] = []
+
+    async def open_connection(host, port):
+        dialled.append((host, port))
+        raise OSError("refused")
+
+    monkeypatch.setattr(asyncio, "open_connection", open_connection)
+    assert asyncio.run(app._broker_reachable())[0] is False
+    assert dialled == [("broker.internal", 9092)]

@@ -43,6 +43,14 @@ class HttpError(Exception):
         self.status, self.error, self.detail, self.headers = status, error, detail, headers or []
 
 
+async def _receive_by(receive: Receive, deadline: float) -> MutableMapping[str, Any]:
+    try:
+        async with asyncio.timeout_at(deadline):
+            return await receive()
+    except TimeoutError:
+        raise HttpError(408, "request_timeout", "body not received in time") from None
+
+
 def _json_response(status: int, payload: dict[str, Any]) -> Response:
     return Response(status, json.dumps(payload, separators=(",", ":")).encode())
 
@@ -69,6 +77,10 @@ class WebhookBus:
             await self._handle(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
+        elif scope["type"] == "websocket":  # webhooks are POSTs: refuse the upgrade (hypercorn answers 403)
+            await receive()
+            await send({"type": "websocket.close", "code": 1008})
+            log.warning("request", extra={"path": scope["path"], "status": 403, "error": "websocket_refused"})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -89,7 +101,7 @@ class WebhookBus:
         path = path.rstrip("/") or "/"
         found = self._exact.get(path)
         if found is None:
-            found = next((p for p in self._providers if path.startswith(p.path + "/")), None)
+            found = next((p for p in self._providers if path.startswith(p.path.rstrip("/") + "/")), None)
         return found
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -168,7 +180,7 @@ class WebhookBus:
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise HttpError(413, "body_too_large", f"body exceeds {limit} bytes")
-        body = await self._read_body(receive, limit)
+        body = await self._read_body(receive, limit, scope.get("http_version", "1.1"))
         client = scope.get("client")
         return InboundRequest(
             provider=provider.name,
@@ -183,20 +195,24 @@ class WebhookBus:
             tls_peer=self._tls_peer(headers, client),
         )
 
-    async def _read_body(self, receive: Receive, limit: int) -> bytes:
+    async def _read_body(self, receive: Receive, limit: int, http_version: str) -> bytes:
         """The whole body, at most ``limit`` bytes, within ``server.request_timeout``.
 
-        A webhook's body nearly always comes whole in the first message, so the deadline's
-        timer is armed only when more is to come (a timer per request showed in profiles);
-        until the first message, hypercorn's read timeout (the same setting) bounds the wait.
+        A webhook's body nearly always comes whole in the first message, so over HTTP/1 the
+        deadline's timer is armed only when more is to come (a timer per request showed in
+        profiles): until the first message, hypercorn's read timeout (the same setting) bounds
+        the wait.  Not over HTTP/2, where a client's PINGs keep the connection readable while
+        a stream never sends its body, which would hold an in-flight slot forever.
         """
-        message = await receive()
+        clock = asyncio.get_running_loop().time
+        deadline = None if http_version.startswith("1") else clock() + self.server.request_timeout
+        message = await (receive() if deadline is None else _receive_by(receive, deadline))
         if message.get("more_body") is False and message["type"] == "http.request":  # the usual case
             body = message.get("body", b"")
             if len(body) > limit:
                 raise HttpError(413, "body_too_large", f"body exceeds {limit} bytes")
             return body
-        deadline = asyncio.get_running_loop().time() + self.server.request_timeout
+        deadline = deadline or clock() + self.server.request_timeout
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -209,11 +225,7 @@ class WebhookBus:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return chunk if len(chunks) == 1 else b"".join(chunks)
-            try:
-                async with asyncio.timeout_at(deadline):
-                    message = await receive()
-            except TimeoutError:
-                raise HttpError(408, "request_timeout", "body not received in time") from None
+            message = await _receive_by(receive, deadline)
 
     def _tls_peer(self, headers: dict[str, str], client: Any) -> dict[str, str] | None:
         """The client certificate subject a trusted TLS-terminating proxy passed on, if any.
@@ -236,7 +248,9 @@ class WebhookBus:
 
     async def _broker_reachable(self) -> tuple[bool, str]:
         for server in self.config.settings.kafka.bootstrap_servers:
-            host, _, port = server.rpartition(":")
+            host, colon, port = server.rpartition(":")
+            if not colon:  # kafka-python's default port, as the producer would use
+                host, port = server, "9092"
             try:
                 async with asyncio.timeout(1.0):
                     _, writer = await asyncio.open_connection(host.strip("[]"), int(port))
