@@ -258,3 +258,17 @@ def test_rotation_any_secret_verifies_and_the_log_names_its_index_not_its_value(
     lines = [r for r in caplog.records if r.name == "webhookbus.http" and getattr(r, "provider", None) == "demo"]
     assert [(r.status, r.secret_index) for r in lines] == [(200, 0), (200, 1), (401, None)]
     assert not any("secret" in r.getMessage() and SECRET in r.getMessage() for r in lines)
+
+
+def test_an_event_kafka_would_refuse_for_its_size_is_a_413_not_a_2xx_spooled_for_ever(webhookbus_listener, kafka_broker,
+                                                                                       topic_name):
+    """kafka-python refuses a record above max_request_size on every attempt."""
+    topic = topic_name()
+    listener = webhookbus_listener(demo_config([{"topic": topic}], producer={"max_request_size": 20_000}))
+    small = {**EVENT, "id": "evt_small", "pad": "x" * 5_000}
+    big = {**EVENT, "id": "evt_big", "pad": "x" * 25_000}  # under max_body_bytes, over max_request_size
+    reply = listener.post(PATH, *signed(big))
+    assert reply.status == 413 and reply.json()["error"] == "event_too_large"
+    assert listener.post(PATH, *signed(small)).status == 200
+    assert [to_cloudevent(r).get_id() for r in read_topic(kafka_broker.bootstrap, topic, 1)] == ["evt_small"]
+    assert len(read_topic(kafka_broker.bootstrap, topic, 2, timeout=1.0)) == 1

@@ -21,7 +21,7 @@ from typing import Any
 
 from webhookbus.audit import RejectionAudit
 from webhookbus.config import Config, Provider
-from webhookbus.delivery import Delivery, Refused
+from webhookbus.delivery import Delivery, EventTooLarge, Refused
 from webhookbus.events import normalize
 from webhookbus.log import where
 from webhookbus.plugin import Accepted, InboundRequest, Response, WebhookError
@@ -171,6 +171,8 @@ class WebhookBus:
             await self.delivery.accept(provider, [event.id for event in accepted.events], events, fields)
         except Refused as exc:
             raise HttpError(exc.status, exc.error, exc.detail, [(b"retry-after", str(exc.retry_after).encode())]) from None
+        except EventTooLarge as exc:
+            raise HttpError(413, "event_too_large", str(exc)) from None
         return accepted.response or Response(200, b"", "text/plain")
 
     async def _read_request(self, provider: Provider, scope: Scope, receive: Receive) -> InboundRequest:

@@ -28,7 +28,7 @@ from webhookbus.dedup import DedupStore, dedup_key
 from webhookbus.events import CloudEvent
 from webhookbus.forward import Forwarder
 from webhookbus.publish import PublishFailed, Publisher
-from webhookbus.records import Batch
+from webhookbus.records import Batch, size_bound
 from webhookbus.routing import KafkaMessage, messages_for
 from webhookbus.spool import Spool, SpoolError, SpoolFull, slots_with_records
 
@@ -44,6 +44,15 @@ class Refused(Exception):
         super().__init__(detail)
         self.error, self.detail, self.retry_after = error, detail, retry_after
         self.in_flight = in_flight  # the messages given up at the deadline, which may still land
+
+
+class EventTooLarge(Exception):
+    """A record would exceed the producer's ``max_request_size``: Kafka would refuse it on
+    every attempt, so the request is refused (413) instead of spooled for ever."""
+
+
+# kafka-python's default max_request_size, for when kafka.producer does not set it.
+KAFKA_MAX_REQUEST_SIZE = 1_048_576
 
 
 class Delivery:
@@ -62,6 +71,7 @@ class Delivery:
         self.forwarder: Forwarder | None = None
         self.adopted: list[Forwarder] = []
         self._claims: dict[bytes, asyncio.Future[bool]] = {}
+        self._max_record = config.settings.kafka.producer.get("max_request_size", KAFKA_MAX_REQUEST_SIZE)
 
     def start(self) -> None:
         """Open the spool (resuming what a previous run left) and start the threads."""
@@ -117,6 +127,8 @@ class Delivery:
             if not fresh:
                 return
         messages = [message for i in fresh for message in messages_for(self.settings, events[i])]
+        if any(size_bound(message) > self._max_record for message in messages):
+            raise EventTooLarge(f"the event's Kafka record would exceed max_request_size ({self._max_record} bytes)")
         fields["topics"] = sorted({m.topic for m in messages})
         if not messages:
             fields["unrouted"] = True
