@@ -274,3 +274,16 @@ def test_close_right_after_start_and_a_failed_restart_are_both_handled(kafka_bro
         await publisher.close(5)
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("value_size", [0, 1, 127, 128, 16_383, 16_384, 1 << 21])
+@pytest.mark.parametrize("key", [None, b"", b"k" * 300])
+def test_size_bound_is_never_below_what_kafka_python_counts_against_max_request_size(value_size, key):
+    from kafka.record.default_records import DefaultRecordBatchBuilder
+
+    from webhookbus.records import size_bound
+
+    for headers in ([], [("content-type", b"application/json")], [(f"ce_x{n}", b"y" * (n * 997)) for n in range(12)]):
+        message = KafkaMessage("topic", key, b"v" * value_size, headers, "r")
+        counted = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, message.value, headers)
+        assert counted <= size_bound(message) <= counted + 100
