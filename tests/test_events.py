@@ -12,14 +12,15 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import logging
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from cloudevents.core.bindings.kafka import KafkaMessage, from_kafka_event
 
-from webhookbus.events import CloudEvent, encode_binary, encode_structured, normalize
+from webhookbus.events import CloudEvent, decode_kafka, encode_binary, encode_structured, normalize
 from webhookbus.plugin import InboundRequest, MalformedPayload, ProviderEvent, parse_json
 from webhookbus.verifiers.authgear import AuthgearOptions, AuthgearVerifier
 from webhookbus.verifiers.hmac import HmacOptions, HmacVerifier
@@ -217,3 +218,98 @@ def test_a_plugin_extension_cannot_take_a_core_attribute_name():
                                                      extensions={"id": "forged", "type": "other", "region": "eu"}))
     document = json.loads(encode_structured(event)[0])
     assert (document["id"], document["type"], document["region"]) == ("evt-1", "acme.thing", "eu")
+
+
+# -- every record is one the SDK reads, whatever a signed payload or a plugin holds ---------------
+
+
+def both_modes(event: CloudEvent) -> list[tuple[dict[str, Any], Any]]:
+    """The event as the SDK reads it from a structured and from a binary record."""
+    return [sdk(*encode(event)) for encode in (encode_structured, encode_binary)]
+
+
+def test_a_lone_surrogate_in_a_signed_id_or_subject_becomes_a_replacement_character():
+    """Legal JSON, but no UTF-8 form: encoding the record failed (a 500 on every retry)."""
+    body = b'{"type": "user.\\ud800", "user": "u\\udfff", "data": {"audit_id": "\\ud800"}}'
+    verifier = HmacVerifier(HmacOptions(event_field="type", id_field="data.audit_id", subject_field="user"), [SECRET])
+    (event,) = verifier.verify(inbound(body, {"x-signature": _mac(SECRET, body).hex()})).events
+    for attributes, data in both_modes(normalize(inbound(body), "hmac", event)):
+        assert attributes["id"] == "\ufffd" and attributes["subject"] == "u\ufffd"
+        assert attributes["type"] == "acme.user.\ufffd"
+        assert data["data"] == {"audit_id": "\ud800"}, "the data keeps what was sent"
+
+
+def test_a_lone_surrogate_in_data_without_data_json_is_carried_as_written():
+    """A UTF-16 body is decoded keeping lone surrogates and has no ``data_json`` to splice."""
+    data, text = parse_json('{"x": "\ud800", "name": "Jos\u00e9"}'.encode("utf-16", "surrogatepass"))
+    assert text is None
+    _, serialised = event_pair(extensions={"note": "\ud800"})
+    serialised = dataclasses.replace(serialised, data=data)
+    for attributes, read in both_modes(serialised):
+        assert read == {"x": "\ud800", "name": "José"} and attributes["note"] == "\ufffd"
+
+
+@pytest.mark.parametrize("sign", SIGNED, ids=lambda sign: sign.__name__.removeprefix("sign_"))
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16"])
+def test_a_number_too_large_for_a_float_is_refused(sign, encoding):
+    """``1e400`` parses to inf, which a record would hold as ``Infinity``: not JSON."""
+    body = '{"event": "identify", "type": "x", "data": {"audit_id": "a", "amount": -1e400}}'.encode(encoding)
+    with pytest.raises(ValueError):
+        parse_json(body)
+    verifier, request = sign(body)
+    with pytest.raises(MalformedPayload):
+        verifier.verify(request)
+
+
+def test_an_empty_subject_is_left_out():
+    """The SDK refuses an empty subject; the hmac verifier gives one for ``{"user": ""}``."""
+    body = b'{"type": "x", "user": ""}'
+    verifier = HmacVerifier(HmacOptions(subject_field="user"), [SECRET])
+    (event,) = verifier.verify(inbound(body, {"x-signature": _mac(SECRET, body).hex()})).events
+    assert event.subject == ""
+    for attributes, _ in both_modes(normalize(inbound(body), "hmac", event)):
+        assert "subject" not in attributes
+
+
+def test_an_extension_name_cloudevents_does_not_allow_is_dropped_and_logged(caplog):
+    """In binary mode ``ID`` became a ``ce_ID`` header that the SDK read as the id."""
+    forged = {"ID": "forged-1", "Type": "forged-2", "re-gion": "forged-3", "a" * 21: "forged-4", "region": "eu"}
+    with caplog.at_level(logging.WARNING, logger="webhookbus.events"):
+        spliced, _ = event_pair(extensions=forged)
+    for attributes, _ in both_modes(spliced):
+        assert (attributes["id"], attributes["type"], attributes["region"]) == ("e1", "acme.user.created", "eu")
+        assert not any(str(value).startswith("forged") for value in attributes.values())
+    dropped = [(record.verifier, record.extension) for record in caplog.records]
+    assert dropped == [("hmac", "ID"), ("hmac", "Type"), ("hmac", "re-gion"), ("hmac", "a" * 21)]
+    assert "forged" not in caplog.text, "a dropped extension's value is not logged"
+
+
+def test_extension_values_are_carried_as_strings():
+    """Binary headers are bytes: an int value was an AttributeError (a 500)."""
+    spliced, _ = event_pair(extensions={"count": 3, "flag": True, "ratio": 0.5, "unset": None})
+    for attributes, _ in both_modes(spliced):
+        assert (attributes["count"], attributes["flag"], attributes["ratio"]) == ("3", "true", "0.5")
+        assert "unset" not in attributes
+
+
+@pytest.mark.parametrize("stamp", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_a_time_without_a_utc_form_falls_back_to_the_receipt_time(stamp):
+    """Converting it to UTC overflows; standardwebhooks passes the payload's timestamp through."""
+    body = json.dumps({"type": "user.created", "timestamp": stamp}).encode()
+    verifier, request = sign_standardwebhooks(body)
+    (event,) = verifier.verify(request).events
+    assert event.time == datetime.fromisoformat(stamp)
+    for attributes, _ in both_modes(normalize(request, "standardwebhooks", event)):
+        assert attributes["time"] == request.received_at
+    near = datetime(1, 1, 1, 1, tzinfo=timezone(timedelta(hours=1)))  # still has a UTC form: kept
+    spliced, _ = event_pair(time=near)
+    assert both_modes(spliced)[0][0]["time"] == near
+
+
+def test_decode_kafka_reads_headers_without_a_value():
+    """Kafka allows a null header value; ``webhookbus tail`` must still show the record."""
+    value, headers = encode_binary(event_pair()[0])
+    document = decode_kafka(value, [*headers, ("ce_empty", None), ("traceparent", None)])
+    assert document["id"] == "e1" and document["empty"] == "" and document["data"] == json.loads(BODY)
+    assert decode_kafka(b'{"a": 1}', [("content-type", None), ("ce_id", None)]) == \
+        {"id": "", "datacontenttype": None, "data": {"a": 1}}

@@ -10,6 +10,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -22,6 +25,11 @@ Headers = list[tuple[str, bytes]]
 # Attribute names a plugin's extension may not take: CloudEvents' own, and the ones webhookbus adds.
 RESERVED_ATTRIBUTES = frozenset({"specversion", "id", "source", "type", "datacontenttype", "dataschema", "subject",
                                  "time", "data", "data_base64", "receivedtime", "verifier", "rawbody"})
+# CloudEvents 1.0: "lower-case ASCII letters or digits, at most 20 characters".
+EXTENSION_NAME = re.compile(r"[a-z0-9]{1,20}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+log = logging.getLogger("webhookbus.events")
 
 
 def dotted_get(data: Any, path: str | None) -> Any:
@@ -84,28 +92,85 @@ class CloudEvent:
 def normalize(request: InboundRequest, verifier: str, event: ProviderEvent) -> CloudEvent:
     """Wrap what a verifier returned into the CloudEvent every consumer sees."""
     return CloudEvent(
-        id=event.id or hashlib.sha256(request.body).hexdigest(),
+        id=_text(event.id or hashlib.sha256(request.body).hexdigest()),
         source=request.provider,
-        type=f"{request.provider}.{event.name}",
-        subject=event.subject,
-        time=event.time or request.received_at,
+        type=_text(f"{request.provider}.{event.name}"),
+        subject=_text(event.subject) if event.subject else None,  # the SDK refuses an empty subject
+        time=_event_time(event.time, request.received_at),
         data=event.data,
-        # A plugin may add attributes, never overwrite ours (an "id" extension would replace the id).
-        extensions={**{name: value for name, value in event.extensions.items() if name not in RESERVED_ATTRIBUTES},
+        extensions={**_extensions(verifier, event.extensions),
                     "receivedtime": rfc3339(request.received_at), "verifier": verifier},
         raw_body=request.body,
         data_json=event.data_json,
     )
 
 
+def _text(value: str) -> str:
+    """``value`` with each lone surrogate replaced by U+FFFD.
+
+    JSON may spell one (``"\\ud800"``) and a UTF-16 body is decoded keeping them, but such a str
+    has no UTF-8 form: an attribute holding one failed to encode on every retry of the provider
+    (a 500 forever).  Attributes are what consumers compare and key on, so they get a character
+    every reader can take; the data keeps its surrogates (see :func:`_json`).
+    """
+    return _SURROGATE.sub("\ufffd", value)
+
+
+def _event_time(moment: datetime | None, received_at: datetime) -> datetime:
+    """The provider's timestamp, else the receipt time; the receipt time too when the timestamp
+    has no UTC form (``0001-01-01T00:00:00+01:00`` is before year 1 in UTC): a payload's date
+    must not turn an authentic event into a 500 on every retry."""
+    if moment is None:
+        return received_at
+    try:
+        rfc3339(moment)
+    except OverflowError:
+        return received_at
+    return moment
+
+
+def _extensions(verifier: str, extensions: Mapping[str, Any]) -> dict[str, str]:
+    """A plugin's extensions as records can carry them.
+
+    A name CloudEvents does not allow is dropped with a log line: binary mode sent ``ID`` as a
+    ``ce_ID`` header, which the SDK lower-cases into the real id, and structured mode records
+    were refused.  So is one of ours (an ``id`` extension would replace the id); since valid
+    names are lower-case, that check is case-insensitive.  Values become strings (the binary
+    headers are bytes: an int was a 500); ``None`` means no value.
+    """
+    kept: dict[str, str] = {}
+    for name, value in extensions.items():
+        if not isinstance(name, str) or not EXTENSION_NAME.fullmatch(name):
+            log.warning("extension dropped: not a CloudEvents attribute name",
+                        extra={"verifier": verifier, "extension": _text(str(name))[:40]})
+        elif name not in RESERVED_ATTRIBUTES and value is not None:
+            kept[name] = _text(_extension_value(value))
+    return kept
+
+
+def _extension_value(value: Any) -> str:
+    """CloudEvents' canonical string for a value: ``true``/``false`` for a bool, else ``str``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value if isinstance(value, str) else str(value)
+
+
 # Built once: json.dumps with options builds an encoder per call.  No circular-reference
 # bookkeeping: data comes from a JSON parser, and a cycle still fails (RecursionError).
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False)
+_ASCII_ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)
 _STRUCTURED_CONTENT_TYPE = STRUCTURED_CONTENT_TYPE.encode()
 
 
 def _json(value: Any) -> bytes:
-    return _ENCODER.encode(value).encode()
+    """``value`` as UTF-8 JSON text.  A lone surrogate (data parsed from ``"\\ud800"``, or from a
+    UTF-16 body) has no UTF-8 form: then every non-ASCII character is written as a ``\\u`` escape,
+    which carries it as written, as a spliced ``data_json`` does, instead of failing every retry."""
+    text = _ENCODER.encode(value)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return _ASCII_ENCODER.encode(value).encode()
 
 
 def encode_structured(event: CloudEvent, include_raw_body: bool = False) -> tuple[bytes, Headers]:
@@ -134,7 +199,8 @@ def decode_kafka(value: bytes | None, headers: Headers) -> dict[str, Any]:
     For ``webhookbus tail``: it reads what any CloudEvents producer wrote, so a value that is
     neither mode's JSON is kept as text under ``data`` rather than refused.
     """
-    names = {name.lower(): raw for name, raw in headers}
+    # Kafka allows a header without a value (null): read as an empty one.
+    names = {name.lower(): raw or b"" for name, raw in headers}
     content_type = names.get("content-type", b"").decode("latin-1")
     if content_type.startswith(STRUCTURED_CONTENT_TYPE):
         try:

@@ -20,6 +20,7 @@ shown to the caller: never put a secret, a signature or a computed digest in it.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -97,7 +98,8 @@ def parse_json(body: bytes) -> tuple[Any, bytes | None]:
     """``body`` parsed as JSON, and what to pass as ``ProviderEvent.data_json`` with it: the
     body itself (without the BOM some senders prepend), or ``None`` when it is not UTF-8 (the
     UTF-16 and UTF-32 that :func:`json.loads` also reads).  ``NaN`` and ``Infinity`` are
-    refused: they are not JSON, and a record holding them is unreadable to most consumers.
+    refused: they are not JSON, and a record holding them is unreadable to most consumers; so is
+    a number too large for a float (``1e400``), which would parse to one.
     Raises :class:`ValueError` (or :class:`RecursionError` for absurd nesting)."""
     if body[:3] == b"\xef\xbb\xbf":
         body = body[3:]
@@ -111,7 +113,17 @@ def _not_json(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-_STRICT_JSON = json.JSONDecoder(parse_constant=_not_json)  # built once: json.loads with options builds one per call
+def _finite_float(text: str) -> float:
+    """``float(text)``, refusing what overflows to infinity: re-serialised (as it is when the
+    body is not UTF-8) it would be written ``Infinity``, which is not JSON."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("a number is out of the range of a float")
+    return value
+
+
+# Built once: json.loads with options builds one per call.
+_STRICT_JSON = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite_float)
 
 
 @dataclass(frozen=True, slots=True)
