@@ -35,6 +35,8 @@ class StandInProducer:
         StandInProducer.instances.append(self)
 
     def send(self, topic, value, key, headers) -> Future:
+        if " " in topic:
+            raise ValueError("Topic name is illegal")  # what kafka-python raises, before any I/O
         future = Future()
         self.sent.append((value, future))
         return future
@@ -126,6 +128,19 @@ def test_a_failed_record_replaces_the_producer_even_when_nothing_more_is_sent(st
     assert time.monotonic() - engine._progress_at < 1.0, "the stall clock restarts with the new producer"
     time.sleep(1.2)
     assert engine.producers_replaced == 1, "the old producer's failures did not condemn the new one"
+    engine.close(2)
+
+
+def test_a_record_kafka_python_refuses_fails_alone_and_the_producer_goes_on(stand_in):
+    engine = ProducerThread({}, max_in_flight_records=100, stall_after=60)
+    engine.start()
+    done: list[tuple[list[int], str | None]] = []
+    engine.submit(Batch(message(0, topic="not a topic"), callbacks=[lambda b: done.append((b.failed, b.error))]))
+    engine.submit(Batch(message(1)))
+    wait_until(lambda: len(all_sent()) == 1)
+    assert done == [([0], "send failed: ValueError")]
+    assert all_sent() == [b"m1"] and engine.producers_replaced == 0, "the same producer sends what comes next"
+    StandInProducer.instances[0].sent[0][1].success(None)
     engine.close(2)
 
 

@@ -147,9 +147,12 @@ class ProducerThread:
             for index, message in enumerate(batch.messages):
                 try:
                     sent = producer.send(message.topic, message.value, message.key, message.headers)
-                except KafkaError as exc:
-                    # Typically no metadata within max_block_ms: the rest would wait as long again.
-                    self._broken = self._broken or not getattr(exc, "retriable", False)
+                except Exception as exc:
+                    # A KafkaError is typically no metadata within max_block_ms: the rest would wait
+                    # as long again.  Anything else (ValueError: a topic name kafka-python refuses) is
+                    # about the record, not the producer, and must not end this thread.
+                    if isinstance(exc, KafkaError) and not exc.retriable:
+                        self._broken = True
                     self._fail_from(batch, index, f"send failed: {type(exc).__name__}")
                     break
                 sent.add_callback(self._acked, batch)
