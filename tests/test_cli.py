@@ -206,3 +206,59 @@ def test_every_example_config_is_valid_under_the_schema(config_validator, path):
 def test_options_are_checked_against_the_plugin_named_in_verifier(config_validator, provider, valid):
     document = {"providers": {"p": {"path": "/p", **provider}}, "routes": [{"topic": "t", "type": "p.*"}]}
     assert config_validator.is_valid(document) is valid
+
+
+SECRET_NEXT_TO_A_TYPO = """\
+kafka:
+  producer: {sasl_plain_password: pw-never-printed, lingerms: 1}
+spool:
+  directory: 7
+"""
+
+
+@pytest.mark.parametrize("argv", [["tail", "--topic", "t"], ["spool", "status"]])
+def test_config_errors_in_tail_and_spool_status_name_the_line_and_never_a_secret(argv, tmp_path, capsys, monkeypatch):
+    file = tmp_path / "webhookbus.yaml"
+    file.write_text(SECRET_NEXT_TO_A_TYPO)
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--config", str(file)])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "pw-never-printed" not in err
+    assert f"{file}:4: spool.directory:" in err
+    if argv[0] == "tail":
+        assert f"{file}:2: kafka.producer: " in err and "lingerms" in err
+
+    file.write_text("spool: {directory: here}\n")
+    monkeypatch.setenv("WEBHOOKBUS_KAFKA__PRODUCER", '{"sasl_plain_password": "env-pw-never-printed", "bogus": 1}')
+    with pytest.raises(SystemExit):
+        main([*argv, "--config", str(file)])
+    err = capsys.readouterr().err
+    assert "bogus" in err and "env-pw-never-printed" not in err and "Traceback" not in err
+
+
+def test_tail_reports_an_unparsable_environment_variable_without_a_traceback(tmp_path, capsys, monkeypatch):
+    file = tmp_path / "webhookbus.yaml"
+    file.write_text("{}\n")
+    monkeypatch.setenv("WEBHOOKBUS_KAFKA__PRODUCER", "{not json")
+    with pytest.raises(SystemExit) as exited:
+        main(["tail", "--topic", "t", "--config", str(file)])
+    assert exited.value.code == 2
+    assert "WEBHOOKBUS_* environment variable is invalid" in capsys.readouterr().err
+
+
+def test_log_level_is_case_insensitive_and_checked(tmp_path, monkeypatch, capsys):
+    import logging
+
+    import webhookbus.server
+    from webhookbus import log
+
+    file = tmp_path / "webhookbus.yaml"
+    file.write_text("{}\n")
+    levels = []
+    monkeypatch.setattr(log, "configure", levels.append)
+    monkeypatch.setattr(webhookbus.server, "run", lambda config: 0)
+    assert main(["serve", "--config", str(file), "--log-level", "debug"]) == 0
+    assert levels == ["DEBUG"] and logging.getLevelName(levels[0]) == logging.DEBUG
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--config", str(file), "--log-level", "loud"])
+    assert exited.value.code == 2 and "invalid choice" in capsys.readouterr().err

@@ -154,3 +154,127 @@ def test_example_configs_load(path: Path, monkeypatch, tmp_path: Path):
 def test_an_unknown_producer_option_is_a_config_error_not_a_producer_that_never_starts():
     message = problem(GOOD.replace("  bootstrap_servers", "  producer: {linger_ms: 1, lingerms: 2}\n  bootstrap_servers"))
     assert "kafka.producer" in message and "not a kafka-python KafkaProducer option: lingerms" in message
+
+
+@pytest.mark.parametrize(("where", "snippet"), [
+    ("routes:\n  - topic: demo.events", "- topic: 'orders events'"),
+    ("routes:\n  - topic: demo.events", '- topic: ""'),
+    ("routes:\n  - topic: demo.events", "- topic: .."),
+    ("routes:\n  - topic: demo.events", "- topic: " + "t" * 250),
+])
+def test_an_invalid_topic_name_is_a_config_error(where, snippet):
+    message = problem(GOOD.replace("- topic: demo.events", snippet))
+    assert "cfg.yaml:11: routes.0.topic:" in message and "not a Kafka topic name" in message
+
+
+def test_invalid_unrouted_and_audit_topics_are_config_errors():
+    assert "cfg.yaml:12: unrouted.topic:" in problem(GOOD + "unrouted: {action: topic, topic: 'a/b'}\n")
+    assert "cfg.yaml:12: audit.topic:" in problem(GOOD + 'audit: {topic: ""}\n')
+    assert parse_config(GOOD + "audit: {topic: webhookbus.audit_v1-x}\n").settings.audit.topic == "webhookbus.audit_v1-x"
+
+
+def test_where_values_are_read_as_yaml_1_2_so_no_and_zip_codes_stay_strings():
+    text = GOOD.replace("- topic: demo.events", "- topic: demo.events\n    where: {data.country: NO, data.zip: 0123, "
+                        "data.a: yes, data.b: off, data.c: 1:20, data.d: true, data.e: FALSE, data.f: 42, data.g: 0x1f}")
+    where = parse_config(text).settings.routes[0].where
+    assert where == {"data.country": "NO", "data.zip": "0123", "data.a": "yes", "data.b": "off", "data.c": "1:20",
+                     "data.d": True, "data.e": False, "data.f": 42, "data.g": 31}
+
+
+def test_typed_booleans_still_take_yes_and_no_and_errors_still_name_the_line():
+    settings = parse_config(GOOD.replace("- topic: demo.events", "- {topic: t, include_raw_body: yes}\n"
+                                         "  - {topic: u, include_raw_body: off}")).settings
+    assert [route.include_raw_body for route in settings.routes] == [True, False]
+    assert "cfg.yaml:11: routes.0.include_raw_body:" in problem(
+        GOOD.replace("- topic: demo.events", "- {topic: t, include_raw_body: maybe}"))
+    producer = parse_config(GOOD.replace("  bootstrap_servers", "  producer: {enable_idempotence: no}\n  bootstrap_servers"))
+    assert producer.settings.kafka.producer == {"enable_idempotence": False}
+
+
+@pytest.mark.parametrize(("options", "expected"), [
+    ("compression_type: lz5", "compression_type 'lz5' is not one of"),
+    ("value_serializer: str", "value_serializer: takes a Python object"),
+    ("partitioner: murmur2", "partitioner: takes a Python object"),
+    ("enable_idempotence: perhaps", "enable_idempotence must be true or false"),
+])
+def test_producer_option_values_are_checked(options, expected):
+    message = problem(GOOD.replace("  bootstrap_servers", f"  producer: {{{options}}}\n  bootstrap_servers"))
+    assert "cfg.yaml:2: kafka.producer:" in message and expected in message
+
+
+@pytest.mark.parametrize("codec", ["snappy", "lz4", "zstd"])
+def test_a_codec_whose_library_is_missing_is_a_config_error(codec, monkeypatch):
+    import kafka.codec
+
+    monkeypatch.setattr(kafka.codec, f"has_{codec}", lambda: False)
+    message = problem(GOOD.replace("  bootstrap_servers", f"  producer: {{compression_type: {codec}}}\n  bootstrap_servers"))
+    assert f"compression_type {codec}: its library is not installed" in message
+    monkeypatch.setattr(kafka.codec, f"has_{codec}", lambda: True)
+    assert parse_config(GOOD.replace("  bootstrap_servers", f"  producer: {{compression_type: {codec}}}\n  bootstrap_servers"))
+
+
+def test_a_value_under_secrets_or_kafka_producer_is_never_echoed(monkeypatch):
+    message = problem(GOOD.replace("[env:TEST_DEMO_SECRET]", "[8394729384729384729347]"))
+    assert "providers.demo.secrets.0" in message and "8394729384729384729347" not in message
+    message = problem(GOOD.replace("  bootstrap_servers",
+                                   "  producer: {sasl_plain_password: pw-never-printed, lingerms: 1}\n  bootstrap_servers"))
+    assert "lingerms" in message and "pw-never-printed" not in message
+    monkeypatch.setenv("WEBHOOKBUS_KAFKA__PRODUCER", '{"sasl_plain_password": "env-pw-never-printed", "bogus": 1}')
+    message = problem(GOOD)
+    assert "bogus" in message and "env-pw-never-printed" not in message
+
+
+def test_hypercorn_read_timeout_rounds_up():
+    from webhookbus.config import ServerSettings
+    from webhookbus.server import hypercorn_config
+
+    assert hypercorn_config(ServerSettings(request_timeout=0.5)).read_timeout == 1
+    assert hypercorn_config(ServerSettings(request_timeout=1.9)).read_timeout == 2
+    assert hypercorn_config(ServerSettings(request_timeout=10)).read_timeout == 10
+
+
+def test_a_non_utf8_file_is_a_config_error(tmp_path: Path):
+    from webhookbus.config import load_config
+
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(GOOD.replace("demo.events", "d\xe9mo").encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        load_config(path)
+
+
+def test_a_non_text_top_level_key_is_a_config_error():
+    assert "cfg.yaml:12: 1: a section name must be text" in problem(GOOD + "1: x\n")
+
+
+def test_a_recursive_alias_is_a_config_error():
+    assert "an alias inside its own anchor" in problem(GOOD.replace("- topic: demo.events", "- &r {topic: t, where: {a: *r}}"))
+    assert "an alias inside its own anchor" in problem(GOOD + "x: &a [*a]\n")
+
+
+class _Plugin:
+    """A third-party verifier with bugs, set up by the tests below."""
+
+    from webhookbus.plugin import VerifierOptions as Options
+
+    def __init__(self, options, secrets) -> None:
+        raise KeyError(secrets[0].decode())  # a bug whose message quotes the secret
+
+
+class _NoOptions:
+    def __init__(self, options, secrets) -> None: ...
+
+
+@pytest.mark.parametrize(("plugin", "expected"), [
+    (_Plugin, "verifier 'hmac' cannot start: KeyError (a bug in the plugin)"),
+    (_NoOptions, "plugin 'hmac' has no Options model"),
+])
+def test_a_broken_plugin_is_a_config_error_without_the_secret(monkeypatch, plugin, expected):
+    from webhookbus import config as config_module
+
+    class Entry:
+        def load(self):
+            return plugin
+
+    monkeypatch.setattr(config_module, "installed_verifiers", lambda: {"hmac": Entry()})
+    message = problem(GOOD.replace("    options:\n      header: X-Sig\n", ""))
+    assert expected in message and "s3cr3t" not in message

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from webhookbus import log
-from webhookbus.config import Config, ConfigError, ServerSettings, Settings, load_config, route_warnings
+from webhookbus.config import Config, ConfigError, ServerSettings, Settings, load_config, load_settings, route_warnings
 from webhookbus.plugin import installed_verifiers
 
 DEFAULT_CONFIG = "config/webhookbus.yaml"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def _load(path: str) -> Config:
@@ -189,16 +190,13 @@ def _pretty(record: Any, document: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _settings(path: str) -> Settings:
-    """Only the settings (no plugins, no secrets): what a topic subscriber's machine can load."""
-    import yaml
-    from pydantic import ValidationError
-
+def _settings(path: str, sections: list[str] | None = None) -> Settings:
+    """Only the settings (no plugins, no secrets): what a topic subscriber's machine can load.
+    Errors are load_config's: file:line, and never a value from ``secrets`` or ``kafka.producer``."""
     try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-        return Settings(**raw)
-    except (OSError, yaml.YAMLError, ValidationError, TypeError) as exc:
-        print(f"webhookbus: {path}: {exc}", file=sys.stderr)
+        return load_settings(path, sections)
+    except ConfigError as exc:
+        print(f"webhookbus: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
@@ -260,17 +258,11 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 def cmd_spool_status(args: argparse.Namespace) -> int:
     """Depth and age of each spool slot; reads only the ``spool`` section (no secrets needed)."""
-    import yaml
-
     from webhookbus.spool import spool_status
 
     directory = args.directory
     if directory is None:
-        try:
-            raw = yaml.safe_load(Path(args.config).read_text()) or {}
-            directory = Settings(spool=raw.get("spool") or {}).spool.directory
-        except (OSError, yaml.YAMLError, ValueError) as exc:
-            return _fail(f"cannot read the spool section of {args.config}: {exc}")
+        directory = _settings(args.config, ["spool"]).spool.directory
     slots = spool_status(directory)
     print(f"spool {Path(directory).resolve()}: {sum(s.records for s in slots)} record(s) to forward")
     for slot in slots:
@@ -295,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     for sub in (serve, check, dev):
         sub.add_argument("--config", default=DEFAULT_CONFIG)
     for sub in (serve, dev):
-        sub.add_argument("--log-level", default="INFO")
+        sub.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
     dev.add_argument("--broker-port", type=int, default=9092)
     sign = command("sign", cmd_sign, "print (or --send) a correctly signed sample request for a provider")
     tail = command("tail", cmd_tail, "print the CloudEvents published on a topic")

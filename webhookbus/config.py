@@ -18,7 +18,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from webhookbus.plugin import Verifier, VerifierOptions, installed_verifiers
@@ -74,6 +77,19 @@ def _seconds(value: Any) -> Any:
 
 
 Duration = Annotated[float, BeforeValidator(_seconds)]
+
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+def _kafka_topic(value: str) -> str:
+    """Kafka's own rule, checked here: kafka-python refuses a bad name only in send(), after
+    the 2xx, and the producer process then dies on every restart."""
+    if not _TOPIC.match(value) or value in {".", ".."}:
+        raise ValueError(f"{value!r} is not a Kafka topic name: 1-249 of A-Z a-z 0-9 . _ -, and not '.' or '..'")
+    return value
+
+
+Topic = Annotated[str, AfterValidator(_kafka_topic)]
 
 
 class _Section(BaseModel):
@@ -139,14 +155,43 @@ class KafkaSettings(_Section):
     @field_validator("producer")
     @classmethod
     def _known_options(cls, value: dict[str, Any]) -> dict[str, Any]:
-        # Checked here: kafka-python refuses an unknown option only when the producer process
-        # builds its producer, long after startup, and then on every restart.
+        # Checked here: kafka-python refuses an unknown option or a bad value only when the
+        # producer process builds its producer, long after startup, and then on every restart.
         from kafka import KafkaProducer
 
         unknown = sorted(set(value) - set(KafkaProducer.DEFAULT_CONFIG))
         if unknown:
             raise ValueError(f"not a kafka-python KafkaProducer option: {', '.join(unknown)}")
-        return value
+        objects = sorted(set(value) & _PRODUCER_OBJECTS)
+        if objects:
+            raise ValueError(f"{', '.join(objects)}: takes a Python object, which a config file cannot give")
+        _check_compression(value.get("compression_type"))
+        return {k: _flag(k, v) if isinstance(KafkaProducer.DEFAULT_CONFIG[k], bool) else v for k, v in value.items()}
+
+
+# KafkaProducer options that must be callables, classes or objects (serializers are webhookbus's own).
+_PRODUCER_OBJECTS = frozenset({"key_serializer", "value_serializer", "partitioner", "ssl_context", "selector",
+                               "metric_reporters", "sasl_oauth_token_provider", "kafka_client"})
+
+
+def _check_compression(codec: Any) -> None:
+    """A codec kafka-python does not know, or whose library is not installed, kills the producer at start."""
+    from kafka.codec import has_gzip, has_lz4, has_snappy, has_zstd
+
+    available = {None: True, "gzip": has_gzip(), "snappy": has_snappy(), "lz4": has_lz4(), "zstd": has_zstd()}
+    if codec not in available:
+        raise ValueError(f"compression_type {codec!r} is not one of gzip, snappy, lz4, zstd")
+    if not available[codec]:
+        package = {"snappy": "python-snappy", "lz4": "lz4", "zstd": "zstandard"}[codec]
+        raise ValueError(f"compression_type {codec}: its library is not installed (pip install {package}), or use gzip")
+
+
+def _flag(name: str, value: Any) -> bool:
+    """A boolean producer option: YAML 1.2 leaves `no` a string, which kafka-python would take as true."""
+    try:
+        return TypeAdapter(bool).validate_python(value)
+    except ValidationError:
+        raise ValueError(f"{name} must be true or false") from None
 
 
 class ProviderSettings(_Section):
@@ -176,7 +221,7 @@ class RouteSettings(_Section):
     provider: str = Field("*", description="Provider name (glob).")
     type: list[str] = Field(["*"], description="CloudEvents type glob(s), e.g. 'uip.*'.")
     where: dict[str, Any] = Field(default_factory=dict, description="Dotted field -> required value.")
-    topic: str
+    topic: Topic
     key: str = Field("subject", description="Message key: an attribute or a dotted 'data.' field.")
     mode: Literal["structured", "binary"] = "structured"
     include_raw_body: bool = False
@@ -189,7 +234,7 @@ class RouteSettings(_Section):
 
 class UnroutedSettings(_Section):
     action: Literal["drop", "topic"] = "drop"
-    topic: str | None = None
+    topic: Topic | None = None
 
     @model_validator(mode="after")
     def _topic_given(self) -> UnroutedSettings:
@@ -206,7 +251,7 @@ class SpoolSettings(_Section):
 
 
 class AuditSettings(_Section):
-    topic: str | None = Field(None, description="Topic for rejected (401) requests; unset turns the audit off.")
+    topic: Topic | None = Field(None, description="Topic for rejected (401) requests; unset turns the audit off.")
     max_per_second: float = Field(10.0, gt=0, description="Audit events per second; the rest are counted and dropped.")
     burst: int = Field(100, gt=0)
 
@@ -275,16 +320,36 @@ class Config:
         return own if own is not None else self.settings.kafka.publish_timeout
 
 
-def _yaml_lines(node: yaml.Node, loc: Loc = ()) -> dict[Loc, int]:
-    """Map every YAML path to its 1-based line, so errors can point at it."""
+class _Yaml12Loader(yaml.SafeLoader):
+    """YAML 1.2 core schema booleans (true/false only) and no octal: with YAML 1.1's, a route's
+    ``where: {data.country: NO}`` would compare with False and ``{data.zip: 0123}`` with 83."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:int"}]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_Yaml12Loader.add_implicit_resolver(  # decimal (no leading zero) or 0x hex; 0123, 0b1, 1:20 stay strings
+    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]*)|0x[0-9a-fA-F_]+)$"), list("-+0123456789"))
+
+
+def _yaml_lines(node: yaml.Node, source: str, loc: Loc = (), inside: frozenset[int] = frozenset()) -> dict[Loc, int]:
+    """Map every YAML path to its 1-based line, so errors can point at it; refuse an alias
+    inside its own anchor (the structure would be infinite)."""
+    if id(node) in inside:
+        raise ConfigError(f"{source}:{node.start_mark.line + 1}: {'.'.join(map(str, loc))}: an alias inside its own anchor")
+    inside = inside | {id(node)}
     lines: dict[Loc, int] = {loc: node.start_mark.line + 1}
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             lines[loc + (key.value,)] = key.start_mark.line + 1
-            lines.update({k: v for k, v in _yaml_lines(value, loc + (key.value,)).items() if k != loc + (key.value,)})
+            lines.update({k: v for k, v in _yaml_lines(value, source, loc + (key.value,), inside).items()
+                          if k != loc + (key.value,)})
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            lines.update(_yaml_lines(item, loc + (index,)))
+            lines.update(_yaml_lines(item, source, loc + (index,), inside))
     return lines
 
 
@@ -310,7 +375,8 @@ class _Errors:
                 message = "unknown key"
             elif item["type"] == "missing":
                 message = "required key is missing"
-            elif "input" in item and item["type"] not in {"value_error"} and not isinstance(item["input"], (dict, list)):
+            elif "input" in item and item["type"] not in {"value_error"} and not isinstance(item["input"], (dict, list)) \
+                    and not _may_be_secret(loc):
                 message += f" (got {item['input']!r:.60})"
             self.add(prefix + loc, message)
 
@@ -319,38 +385,74 @@ class _Errors:
             raise ConfigError("invalid configuration:\n  " + "\n  ".join(self.messages))
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read, validate and resolve a config file; see the module docstring."""
+def _may_be_secret(loc: Loc) -> bool:
+    """A value under ``secrets`` or ``kafka.producer`` (SASL/SSL passwords) is never echoed."""
+    return "secrets" in loc or loc[:2] == ("kafka", "producer")
+
+
+def _read(path: str | os.PathLike[str]) -> str:
     source = str(path)
     try:
-        text = Path(path).read_text()
+        return Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
-    return parse_config(text, source)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not UTF-8 text (byte {exc.start})") from None
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read, validate and resolve a config file; see the module docstring."""
+    return parse_config(_read(path), str(path))
+
+
+def load_settings(path: str | os.PathLike[str], sections: Sequence[str] | None = None) -> Settings:
+    """Only the settings, of only ``sections`` when given (no plugins, no secrets resolved): for
+    commands run where the providers' secrets are not, with the same errors as :func:`load_config`."""
+    source = str(path)
+    raw, errors = _parse_yaml(_read(path), source)
+    if sections is not None:
+        raw = {name: raw[name] for name in sections if name in raw}
+    return _settings(raw, errors, source)
 
 
 def parse_config(text: str, source: str = "<config>") -> Config:
+    raw, errors = _parse_yaml(text, source)
+    settings = _settings(raw, errors, source)
+    providers, warnings = _load_providers(settings, errors)
+    errors.raise_if_any()
+    return Config(settings=settings, providers=providers, source=source, warnings=warnings)
+
+
+def _parse_yaml(text: str, source: str) -> tuple[dict[str, Any], _Errors]:
+    """The YAML as a mapping of sections, and an error collector that knows its lines."""
     try:
-        node = yaml.compose(text)
-        raw = yaml.safe_load(text) if node is not None else {}
+        node = yaml.compose(text, Loader=_Yaml12Loader)
+        raw = yaml.load(text, Loader=_Yaml12Loader) if node is not None else {}  # a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
         raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: not valid YAML: nested too deeply") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections (server, kafka, providers, routes)")
-    errors = _Errors(source, _yaml_lines(node) if node is not None else {})
+    errors = _Errors(source, _yaml_lines(node, source) if node is not None else {})
+    for key in raw:
+        if not isinstance(key, str):
+            errors.add((str(key),), "a section name must be text (server, kafka, providers, routes, ...)")
+    errors.raise_if_any()
+    return raw, errors
+
+
+def _settings(raw: dict[str, Any], errors: _Errors, source: str) -> Settings:
     try:
-        settings = Settings(**raw)
+        return Settings(**raw)
     except SettingsError as exc:
         raise ConfigError(f"{source}: a WEBHOOKBUS_* environment variable is invalid: {exc}") from None
     except ValidationError as exc:
         errors.add_validation((), exc)
         errors.raise_if_any()
         raise
-    providers, warnings = _load_providers(settings, errors)
-    errors.raise_if_any()
-    return Config(settings=settings, providers=providers, source=source, warnings=warnings)
 
 
 def _load_providers(settings: Settings, errors: _Errors) -> tuple[dict[str, Provider], list[str]]:
@@ -368,8 +470,12 @@ def _load_providers(settings: Settings, errors: _Errors) -> tuple[dict[str, Prov
         except Exception as exc:  # a broken third-party plugin must not look like our bug
             errors.add(loc + ("verifier",), f"plugin {provider.verifier!r} failed to import: {type(exc).__name__}: {exc}")
             continue
+        options_model = getattr(verifier_class, "Options", None)
+        if not (isinstance(options_model, type) and issubclass(options_model, BaseModel)):
+            errors.add(loc + ("verifier",), f"plugin {provider.verifier!r} has no Options model (a bug in the plugin)")
+            continue
         try:
-            options = verifier_class.Options.model_validate(provider.options)
+            options = options_model.model_validate(provider.options)
         except ValidationError as exc:
             errors.add_validation(loc + ("options",), exc)
             continue
@@ -387,6 +493,9 @@ def _load_providers(settings: Settings, errors: _Errors) -> tuple[dict[str, Prov
             verifier = verifier_class(options, tuple(secrets))
         except (ValueError, OSError) as exc:
             errors.add(loc, f"verifier {provider.verifier!r} cannot start: {exc}")
+            continue
+        except Exception as exc:  # noqa: BLE001 - a bug in the plugin; its message may quote a secret: only the type
+            errors.add(loc, f"verifier {provider.verifier!r} cannot start: {type(exc).__name__} (a bug in the plugin)")
             continue
         providers[name] = Provider(name, provider, verifier, options)
     return providers, warnings

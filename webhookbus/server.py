@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 import multiprocessing
 import os
 import signal
@@ -40,7 +41,8 @@ def hypercorn_config(server: ServerSettings) -> HypercornConfig:
     config = HypercornConfig()
     config.bind = [f"{server.host}:{server.port}"]
     config.graceful_timeout = server.graceful_timeout
-    config.read_timeout = int(server.request_timeout)  # idle connections and slow clients (slowloris)
+    # idle connections and slow clients (slowloris); rounded up: int(0.5) would be 0, dropping every connection
+    config.read_timeout = math.ceil(server.request_timeout)
     config.h11_max_incomplete_size = 16 * 1024  # request line + headers
     config.keep_alive_timeout = 5
     config.accesslog = None  # our own structured request log replaces it
