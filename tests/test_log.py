@@ -69,3 +69,12 @@ logging.getLogger("t").info("parent")
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     messages = [json.loads(line)["msg"] for line in result.stderr.splitlines()]
     assert messages == ["before fork", "child", "parent"], result.stderr
+
+
+def test_a_field_cannot_break_a_line_for_readers_that_split_on_unicode_line_breaks():
+    stream = io.StringIO()
+    logger = handler_on(stream)
+    forged = '/hooks/x\u2028{"level": "info", "msg": "forged"}\u2029\x85\n'
+    logger.warning("request", extra={"path": forged})
+    [line] = stream.getvalue().splitlines()
+    assert json.loads(line)["path"] == forged

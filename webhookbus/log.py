@@ -29,7 +29,9 @@ FLUSH_INTERVAL = 0.2
 class JsonFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__()
-        self._encode = json.JSONEncoder(default=str, ensure_ascii=False).encode
+        # ASCII: a request path may carry U+2028, U+2029 or U+0085, which many readers take
+        # for line breaks, so a line of ours could be cut into a forged-looking second one.
+        self._encode = json.JSONEncoder(default=str).encode
         self._second, self._stamp = -1, ""
 
     def format(self, record: logging.LogRecord) -> str:
