@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import json
 import logging
 from datetime import datetime, timezone
@@ -142,3 +143,31 @@ def test_readyz_probes_a_bootstrap_server_without_a_port_on_kafkas_default(monke
     monkeypatch.setattr(asyncio, "open_connection", open_connection)
     assert asyncio.run(app._broker_reachable())[0] is False
     assert dialled == [("broker.internal", 9092)]
+
+
+def test_several_events_of_one_request_without_ids_get_ids_of_their_own():
+    """Consumers dedup on source+id: one id for two events would lose the second."""
+    from webhookbus.plugin import Accepted
+
+    class TwoEvents:
+        def verify(self, request: InboundRequest):
+            return Accepted(ProviderEvent("a", {}), ProviderEvent("b", {}), ProviderEvent("c", {}, id="own"))
+
+    app, published = app_with(TwoEvents()), []
+
+    async def accept(provider, given_ids, events, fields) -> None:
+        published.extend(events)
+
+    app.delivery.accept = accept  # type: ignore[method-assign]
+    assert call(app, body=b'{"x": 1}')[0] == 200
+    digest = hashlib.sha256(b'{"x": 1}').hexdigest()
+    assert [e.id for e in published] == [f"{digest}-0", f"{digest}-1", "own"]
+    class OneEvent:
+        def verify(self, request: InboundRequest):
+            return Accepted(ProviderEvent("a", {}))
+
+    single = app_with(OneEvent())
+    single.delivery.accept = accept  # type: ignore[method-assign]
+    published.clear()
+    call(single, body=b'{"x": 1}')
+    assert [e.id for e in published] == [digest], "one event keeps the plain body hash"

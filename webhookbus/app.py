@@ -165,7 +165,9 @@ class WebhookBus:
             raise
         finally:
             fields["secret_index"] = matched_secret_index.get()
-        events = [normalize(request, provider.settings.verifier, event) for event in accepted.events]
+        several = len(accepted.events) > 1
+        events = [normalize(request, provider.settings.verifier, event, index if several else None)
+                  for index, event in enumerate(accepted.events)]
         fields["events"] = [event.id for event in events]
         try:
             await self.delivery.accept(provider, [event.id for event in accepted.events], events, fields)

@@ -89,10 +89,15 @@ class CloudEvent:
         return self.extensions.get(reference)
 
 
-def normalize(request: InboundRequest, verifier: str, event: ProviderEvent) -> CloudEvent:
-    """Wrap what a verifier returned into the CloudEvent every consumer sees."""
+def normalize(request: InboundRequest, verifier: str, event: ProviderEvent, index: int | None = None) -> CloudEvent:
+    """Wrap what a verifier returned into the CloudEvent every consumer sees.
+
+    Without an id of its own an event's id is the body's SHA-256; ``index`` (its place
+    among several events of one request) keeps those ids apart, as source+id must be.
+    """
+    fallback = hashlib.sha256(request.body).hexdigest() + ("" if index is None else f"-{index}")
     return CloudEvent(
-        id=_text(event.id or hashlib.sha256(request.body).hexdigest()),
+        id=_text(event.id or fallback),
         source=request.provider,
         type=_text(f"{request.provider}.{event.name}"),
         subject=_text(event.subject) if event.subject else None,  # the SDK refuses an empty subject
