@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import dataclasses
 from datetime import datetime, timezone
 
 from webhookbus.config import RouteSettings, Settings
@@ -66,3 +67,12 @@ def test_remembered_matches_stay_per_event_type_where_clause_and_config():
     other = Settings(routes=[{"topic": "elsewhere"}])
     assert [m.topic for m in messages_for(other, EVENT)] == ["elsewhere"]
     assert [m.topic for m in messages_for(settings, EVENT)] == ["ids", "us"]
+
+
+def test_where_compares_booleans_by_their_json_spelling_never_as_numbers():
+    event = dataclasses.replace(EVENT, data={"admin": True, "count": 1, "flag": "true", "python": "True"})
+    assert route_matches(route(where={"data.admin": True}), event)
+    assert route_matches(route(where={"data.flag": True}), event), "a provider that sends the text"
+    assert not route_matches(route(where={"data.count": True}), event), "1 is not true"
+    assert not route_matches(route(where={"data.admin": 1}), event)
+    assert not route_matches(route(where={"data.python": True}), event)

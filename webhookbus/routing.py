@@ -26,10 +26,20 @@ def _where_matches(route: RouteSettings, event: CloudEvent) -> bool:
 
 
 def _equal(actual: object, expected: object) -> bool:
-    """YAML ``where: {data.count: 3}`` also matches a provider that sent ``"3"``."""
+    """YAML ``where: {data.count: 3}`` also matches a provider that sent ``"3"``.
+
+    Booleans compare by their JSON spelling: ``true`` matches ``true`` and ``"true"``, never
+    ``1`` (which Python holds equal to ``True``) nor Python's ``"True"``.
+    """
     if actual is None:
         return expected is None
+    if isinstance(actual, bool) or isinstance(expected, bool):
+        return _json_text(actual) == _json_text(expected)
     return actual == expected or str(actual) == str(expected)
+
+
+def _json_text(value: object) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
 def message_for(route: RouteSettings, event: CloudEvent, name: str) -> KafkaMessage:
