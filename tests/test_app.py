@@ -171,3 +171,21 @@ def test_several_events_of_one_request_without_ids_get_ids_of_their_own():
     published.clear()
     call(single, body=b'{"x": 1}')
     assert [e.id for e in published] == [digest], "one event keeps the plain body hash"
+
+
+def test_a_client_certificate_header_sent_twice_is_refused_not_guessed():
+    """A proxy that appends its header leaves the client's forged copy first."""
+    config = parse_config(CONFIG + 'server: {client_cert_header: {header: X-SSL-Client-S-DN, trusted_proxies: ["127.0.0.1"]}}\n')
+    app, sent = WebhookBus(config), []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    headers = [(b"x-ssl-client-s-dn", b"CN=forged"), (b"x-ssl-client-s-dn", b"CN=webhooks.launchkey.com")]
+    scope = {"type": "http", "method": "POST", "path": "/hooks/demo", "raw_path": b"/hooks/demo", "query_string": b"",
+             "headers": headers, "client": ("127.0.0.1", 1234)}
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 400 and json.loads(sent[1]["body"])["error"] == "ambiguous_client_certificate"

@@ -181,6 +181,13 @@ class WebhookBus:
         limit = self.server.max_body_bytes
         # Reversed, so that of repeated headers the first one wins.
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in reversed(scope["headers"])}
+        proxy = self.server.client_cert_header
+        if proxy is not None and proxy.header.lower() in headers:
+            # A proxy that adds its header instead of replacing it leaves the client's copy
+            # first, which would win: refuse rather than guess which one the proxy wrote.
+            name = proxy.header.lower().encode("latin-1")
+            if sum(1 for key, _ in scope["headers"] if key.lower() == name) > 1:
+                raise HttpError(400, "ambiguous_client_certificate", f"{proxy.header} appears more than once")
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise HttpError(413, "body_too_large", f"body exceeds {limit} bytes")
