@@ -225,6 +225,7 @@ def _claims(body: bytes, **changes) -> dict:
     ({"nbf": int(time.time()) + 60, "exp": int(time.time()) + 65}, "not valid for another"),
     ({"iat": int(time.time()) + 60}, "issued .* in the future"),
     ({"exp": None}, "no numeric exp"),
+    ({"nbf": float("inf")}, "no numeric nbf"),  # json writes Infinity and reads it back
     ({"jti": None}, "no jti"),
     ({"request": None}, "no request claim"),
 ])

@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Callable
@@ -229,7 +230,7 @@ def _b64json(segment: str) -> Any:
 
 def _number(claims: dict[str, Any], name: str) -> float:
     value = claims.get(name)
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise VerificationFailed(f"IOV-JWT has no numeric {name}")
     return value
 
