@@ -76,3 +76,10 @@ def test_where_compares_booleans_by_their_json_spelling_never_as_numbers():
     assert not route_matches(route(where={"data.count": True}), event), "1 is not true"
     assert not route_matches(route(where={"data.admin": 1}), event)
     assert not route_matches(route(where={"data.python": True}), event)
+
+
+def test_a_key_from_a_field_is_its_utf8_text_or_its_json_never_a_python_repr():
+    event = dataclasses.replace(EVENT, data={"user": {"id": 1}, "admin": True, "n": 7, "name": "b\ud800d"})
+    settings = Settings(routes=[{"topic": "t", "key": f"data.{field}"} for field in ("user", "admin", "n", "name")])
+    keys = [m.key for m in messages_for(settings, event)]
+    assert keys == [b'{"id":1}', b"true", b"7", "b\ufffdd".encode()]

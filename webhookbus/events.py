@@ -178,6 +178,12 @@ def _json(value: Any) -> bytes:
         return _ASCII_ENCODER.encode(value).encode()
 
 
+def record_key(value: Any) -> bytes:
+    """A Kafka record key from an event field: text as UTF-8 (see :func:`_text`), anything else
+    (a number, a boolean, an object) as the JSON a consumer can parse, never a Python repr."""
+    return _text(value).encode() if isinstance(value, str) else _json(value)
+
+
 def encode_structured(event: CloudEvent, include_raw_body: bool = False) -> tuple[bytes, Headers]:
     document: dict[str, Any] = event.attributes(include_raw_body)  # a new dict: ours to complete
     headers: Headers = [("content-type", _STRUCTURED_CONTENT_TYPE)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 
 from webhookbus.config import RouteSettings, Settings
-from webhookbus.events import CloudEvent, encode_binary, encode_structured
+from webhookbus.events import CloudEvent, encode_binary, encode_structured, record_key
 from webhookbus.records import KafkaMessage
 
 
@@ -46,7 +46,7 @@ def message_for(route: RouteSettings, event: CloudEvent, name: str) -> KafkaMess
     encode = encode_binary if route.mode == "binary" else encode_structured
     value, headers = encode(event, route.include_raw_body)
     key = event.field(route.key)
-    return KafkaMessage(route.topic, None if key is None else str(key).encode(), value, headers, name)
+    return KafkaMessage(route.topic, None if key is None else record_key(key), value, headers, name)
 
 
 def messages_for(settings: Settings, event: CloudEvent) -> list[KafkaMessage]:
