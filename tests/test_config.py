@@ -278,3 +278,27 @@ def test_a_broken_plugin_is_a_config_error_without_the_secret(monkeypatch, plugi
     monkeypatch.setattr(config_module, "installed_verifiers", lambda: {"hmac": Entry()})
     message = problem(GOOD.replace("    options:\n      header: X-Sig\n", ""))
     assert expected in message and "s3cr3t" not in message
+
+
+@pytest.mark.parametrize("source", ["file-empty", "file-newline", "env-blank", "literal"])
+def test_an_empty_secret_is_refused_from_every_source(monkeypatch, tmp_path: Path, source):
+    """One empty file in a rotation would accept an HMAC anybody can compute."""
+    secret_file = tmp_path / "next"
+    secret_file.write_bytes(b"\n" if source == "file-newline" else b"")
+    monkeypatch.setenv("TEST_BLANK_SECRET", "  ")
+    reference = {"file-empty": f"file:{secret_file}", "file-newline": f"file:{secret_file}",
+                 "env-blank": "env:TEST_BLANK_SECRET", "literal": "'literal:'"}[source]
+    message = problem(GOOD.replace("[env:TEST_DEMO_SECRET]", f"[env:TEST_DEMO_SECRET, {reference}]"))
+    assert "cfg.yaml:7: providers.demo.secrets.1: the secret" in message and "is empty" in message
+
+
+def test_no_verifier_matches_an_hmac_under_the_empty_key():
+    import hashlib
+    import hmac
+
+    from webhookbus.plugin import VerificationFailed
+    from webhookbus.signing import require_match
+
+    forged = hmac.new(b"", b"body", hashlib.sha256).digest()
+    with pytest.raises(VerificationFailed):
+        require_match([b"", b"real-secret"], b"body", [forged])

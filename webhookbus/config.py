@@ -43,14 +43,28 @@ class Secret(bytes):
 
 
 def resolve_secret(reference: str) -> Secret:
-    """Read ``env:NAME``, ``file:/path`` or ``literal:value``; errors never echo a value."""
+    """Read ``env:NAME``, ``file:/path`` or ``literal:value``; errors never echo a value.
+
+    An empty (or blank) secret is refused whatever its source: an HMAC under the empty key
+    is one anybody can compute, so one empty file in a rotation would accept forgeries.
+    """
+    secret = _read_secret(reference)
+    if not bytes(secret).strip():
+        raise ValueError(f"the secret {reference.partition(':')[0]}:{_name(reference)} is empty")
+    return secret
+
+
+def _name(reference: str) -> str:
+    scheme, _, rest = reference.partition(":")
+    return "..." if scheme == "literal" else rest
+
+
+def _read_secret(reference: str) -> Secret:
     scheme, _, rest = reference.partition(":")
     if scheme == "env":
         value = os.environ.get(rest)
         if value is None:
             raise ValueError(f"environment variable {rest} is not set")
-        if not value:
-            raise ValueError(f"environment variable {rest} is empty")
         return Secret(value.encode())
     if scheme == "file":
         try:
