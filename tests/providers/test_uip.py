@@ -119,10 +119,23 @@ def test_v1_normalisation(make_request):
         "identify", "audit_1", "user_1", None, IDENTIFY)
 
 
+def signed_id(name: str, body: str) -> str:
+    """What the v2 id is without an audit_id: SHA-256 of the event name, a newline and the body."""
+    return hashlib.sha256(f"{name}\n{body}".encode()).hexdigest()
+
+
 def test_v2_normalisation(make_request):
     (event,) = verifier().verify(v2_request(make_request)).events
     assert (event.name, event.id, event.subject, event.time, event.data) == (
-        "session.completed", "dlv_1", "sess_9", at(T), json.loads(V2_BODY))
+        "session.completed", signed_id("session.completed", V2_BODY), "sess_9", at(T), json.loads(V2_BODY))
+    assert event.extensions == {"uipdeliveryid": "dlv_1"}, "kept for correlation, never the id"
+
+
+def test_v2_a_replay_with_another_delivery_id_keeps_the_event_id(make_request):
+    """X-UIP-Delivery-Id is not signed: a replay inside the window must still be a duplicate."""
+    first = verifier().verify(v2_request(make_request)).events[0]
+    replay = verifier().verify(v2_request(make_request, **{"X-UIP-Delivery-Id": "dlv_forged"})).events[0]
+    assert replay.id == first.id and replay.extensions == {"uipdeliveryid": "dlv_forged"}
 
 
 def test_wrong_secret(make_request):
@@ -245,7 +258,9 @@ def test_e2e_v1_and_v2_reach_kafka_as_cloudevents(webhookbus_listener, kafka_bro
 
     [session] = read_topic(kafka_broker.bootstrap, topics["uip-other"], 1)
     event = to_cloudevent(session)
-    assert (event.get_type(), event.get_id(), event.get_subject()) == ("uip.session.completed", "dlv_e2e", "order-9")
+    assert (event.get_type(), event.get_id(), event.get_subject()) == (
+        "uip.session.completed", signed_id("session.completed", body), "order-9")
+    assert event.get_extension("uipdeliveryid") == "dlv_e2e"
     assert event.get_time() == at(int(now))
     assert event.get_data() == json.loads(body)
 

@@ -13,6 +13,7 @@ not signed, so when the signed body names its event too, both must agree.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -105,12 +106,27 @@ class UipVerifier:
             ProviderEvent(
                 name=name,
                 data=body,
-                id=_text(body, "data.audit_id") or request.headers.get("x-uip-delivery-id") or None,
+                id=_text(body, "data.audit_id") or _signed_id(name, request.body),
                 subject=_first_text(body, V2_SUBJECTS),
                 time=datetime.fromtimestamp(seconds, timezone.utc),
                 data_json=body_json,
+                extensions=_delivery_id(request),
             )
         )
+
+
+def _signed_id(name: str, body: bytes) -> str:
+    """The event's id without an ``audit_id``: a hash of what was signed, plus the event name
+    (two events may share a body).  Not ``X-UIP-Delivery-Id``: that header is not signed, so
+    a replay within the timestamp window could pass any id and be published again.  A retry
+    repeats name and body (the timestamp may be new), so it keeps the id and is deduplicated."""
+    return hashlib.sha256(name.encode() + b"\n" + body).hexdigest()
+
+
+def _delivery_id(request: InboundRequest) -> dict[str, str]:
+    """``X-UIP-Delivery-Id`` for whoever correlates with UIP's dashboard; unsigned, never the id."""
+    delivery = request.headers.get("x-uip-delivery-id")
+    return {"uipdeliveryid": delivery} if delivery else {}
 
 
 def compact_json(body: Any) -> bytes:

@@ -34,6 +34,11 @@ const message = { event: 'message', data: { signing_uip_id: 'user_m1', message_i
 const test = { event: 'test', data: { pong: 'Pong' } };
 const unicode = { event: 'identify', data: { uip_id: 'user_ü', audit_id: 'audit_ü', name: 'José Ünal 山田 😀', country_of_origin: 'ES' } };
 
+// v2 without data.audit_id: the id is SHA-256 hex of `${event}\n${raw body}` (X-UIP-Delivery-Id is not
+// signed, so it cannot be the id: a replay could pass any).  SIGNED marks where that is expected.
+const SIGNED = Symbol('signed id');
+const signedId = (event, body) => crypto.createHash('sha256').update(`${event}\n${body}`, 'utf8').digest('hex');
+
 // [name, version, signing, body, expect, {event, id, subject, time}, extra headers]
 const cases = [
   ['v1 identify, compact', 1, 'express', JSON.stringify(identify), 'ok',
@@ -64,14 +69,14 @@ const cases = [
   ['v2 session.completed, subject from client_reference_id', 2, 'v2',
     pretty({ event: 'session.completed', session_id: 'sess_v2_1', client_reference_id: 'order-77',
       data: { status: 'completed' } }), 'ok',
-    { event: 'session.completed', id: 'dlv_0001', subject: 'order-77', time: T },
+    { event: 'session.completed', id: SIGNED, subject: 'order-77', time: T },
     { 'X-UIP-Event': 'session.completed', 'X-UIP-Delivery-Id': 'dlv_0001' }],
   ['v2 step.completed, no body event, subject from data.session_id', 2, 'v2',
     JSON.stringify({ data: { session_id: 'sess_v2_2', step: 'liveness', audit_id: 'audit_v2_2' } }), 'ok',
     { event: 'step.completed', id: 'audit_v2_2', subject: 'sess_v2_2', time: T },
     { 'X-UIP-Event': 'step.completed', 'X-UIP-Delivery-Id': 'dlv_0002' }],
   ['v2 event only in the body', 2, 'v2', JSON.stringify({ event: 'session.failed', session_id: 'sess_v2_3' }), 'ok',
-    { event: 'session.failed', id: 'dlv_0003', subject: 'sess_v2_3', time: T }, { 'X-UIP-Delivery-Id': 'dlv_0003' }],
+    { event: 'session.failed', id: SIGNED, subject: 'sess_v2_3', time: T }, { 'X-UIP-Delivery-Id': 'dlv_0003' }],
   ['v2 authentic but not JSON', 2, 'v2', 'not json', 'malformed', null, { 'X-UIP-Event': 'session.stopped' }],
 ];
 
@@ -83,6 +88,7 @@ const out = cases.map(([name, version, signing, body, expect, expected, extra]) 
   const headers = { 'Content-Type': 'application/json', 'X-UIP-Signature': signature };
   if (version === 2) headers['X-UIP-Timestamp'] = String(T);
   Object.assign(headers, extra || {});
+  if (expected && expected.id === SIGNED) expected.id = signedId(expected.event, body);
   return { name, version, signing, secret: SECRET, headers, body, received_at: T + 10, expect, expected };
 });
 
