@@ -4,18 +4,28 @@
 is ``{id, seq, type, payload, context}``.  Non-blocking events only need a 2xx.  Blocking
 events (``user.pre_create``, ``oidc.jwt.pre_create``...) make Authgear wait for a JSON
 decision; webhookbus is a pipe, not a policy engine, so it answers with a decision fixed in
-the configuration, sent only once the event is safely on Kafka.  The decision is checked
-against Authgear's response schema at config time, because an answer Authgear rejects
-fails the user's sign-up or sign-in.
+the configuration, sent only once the event is safely on Kafka.  Authgear checks an answer
+against the schema of the event it answers (no extra keys), and an answer it rejects fails
+the user's sign-up or sign-in, so the decisions are checked per event at config time:
+``mutations.user`` only for ``user.*`` events, ``mutations.jwt`` only for ``oidc.*`` events,
+``constraints`` only for ``authentication.*`` events, and the default answer (sent to every
+blocking event without its own entry) only what every blocking event accepts.
+
+``context.timestamp`` is signed with the body: once the signature verified, a body stamped
+more than ``tolerance_seconds`` away from now is refused (401), so a captured event cannot be
+replayed after the deduplication window.  Authgear never retries, so a delivery is never
+legitimately old.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 from webhookbus.events import dotted_get
 from webhookbus.plugin import (
@@ -29,7 +39,7 @@ from webhookbus.plugin import (
     VerifierOptions,
     parse_json,
 )
-from webhookbus.signing import decode_digest, require_match
+from webhookbus.signing import check_timestamp, decode_digest, require_match
 
 log = logging.getLogger("webhookbus.verifiers.authgear")
 
@@ -48,6 +58,18 @@ AMR = Literal[
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # keys Authgear defines for other events than those this model answers: key -> who takes it
+    elsewhere: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_for_this_event(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, owner in cls.elsewhere.items():
+                if key in data and key not in cls.model_fields:
+                    raise ValueError(f"{key} is only for {owner}; Authgear rejects it here")
+        return data
+
 
 class UserMutations(_Strict):
     standard_attributes: dict[str, Any] | None = None
@@ -60,8 +82,13 @@ class JwtMutations(_Strict):
     payload: dict[str, Any]
 
 
-class Mutations(_Strict):
+class UserEventMutations(_Strict):
+    elsewhere = {"jwt": "oidc.* events (oidc.jwt.pre_create, oidc.id_token.pre_create)"}
     user: UserMutations | None = None
+
+
+class OidcEventMutations(_Strict):
+    elsewhere = {"user": "user.* events (user.pre_create, user.profile.pre_update, ...)"}
     jwt: JwtMutations | None = None
 
 
@@ -69,19 +96,22 @@ class Constraints(_Strict):
     amr: list[AMR]
 
 
-class BlockingResponse(_Strict):
-    """Authgear's hook response: allow (optionally mutating or constraining) or deny with a message.
+_MUTATIONS_OWNER = "user.* and oidc.* events, in their own blocking_responses entry"
+_CONSTRAINTS_OWNER = "authentication.* events, in their own blocking_responses entry"
 
-    Which keys an allow may carry depends on the event (``mutations`` for ``user.*`` and
-    ``oidc.*``, ``constraints`` for ``authentication.*``): give such answers per event in
-    ``blocking_responses`` rather than in the default.
+
+class BlockingResponse(_Strict):
+    """What every blocking event accepts: allow, or deny with a message.  The default answer.
+
+    Authgear's schemas take ``title`` and ``reason`` only with ``is_allowed: false``, and extra keys
+    only on an allow and only from the event's own family (the subclasses below).
     """
+
+    elsewhere = {"mutations": _MUTATIONS_OWNER, "constraints": _CONSTRAINTS_OWNER}
 
     is_allowed: bool = True
     title: str | None = None
     reason: str | None = None
-    mutations: Mutations | None = None
-    constraints: Constraints | None = None
 
     @model_validator(mode="after")
     def _matches_authgear_schema(self) -> BlockingResponse:
@@ -89,39 +119,81 @@ class BlockingResponse(_Strict):
             raise ValueError("title and reason are only for is_allowed: false")
         if not self.is_allowed and (self.title is None or self.reason is None):
             raise ValueError("is_allowed: false needs a title and a reason shown to the user")
-        if not self.is_allowed and (self.mutations is not None or self.constraints is not None):
-            raise ValueError("mutations and constraints are only for is_allowed: true")
+        extras = [name for name in ("mutations", "constraints") if getattr(self, name, None) is not None]
+        if not self.is_allowed and extras:
+            raise ValueError(f"{' and '.join(extras)} only go with is_allowed: true")
         return self
 
     def body(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)
 
 
+class UserEventResponse(BlockingResponse):
+    """``user.*`` events: may mutate the user."""
+
+    elsewhere = {"constraints": "authentication.* events"}
+    mutations: UserEventMutations | None = None
+
+
+class OidcEventResponse(BlockingResponse):
+    """``oidc.*`` events (the access token and ID token): may add JWT claims."""
+
+    elsewhere = {"constraints": "authentication.* events"}
+    mutations: OidcEventMutations | None = None
+
+
+class AuthenticationEventResponse(BlockingResponse):
+    """``authentication.*`` events: may constrain the authentication methods."""
+
+    elsewhere = {"mutations": "user.* and oidc.* events"}
+    constraints: Constraints | None = None
+
+
+def response_model(event_type: str) -> type[BlockingResponse]:
+    """The answer schema for a blocking event, by its family (the part before the first dot)."""
+    family = event_type.split(".", 1)[0]
+    return {"user": UserEventResponse, "oidc": OidcEventResponse,
+            "authentication": AuthenticationEventResponse}.get(family, BlockingResponse)
+
+
 class AuthgearOptions(VerifierOptions):
     blocking_response: BlockingResponse = Field(
-        default_factory=BlockingResponse, description="Answer to every blocking event without its own entry."
+        default_factory=BlockingResponse,
+        description="Answer to every blocking event without its own entry: is_allowed (title and reason on a deny).",
     )
     blocking_responses: dict[str, BlockingResponse] = Field(
         default_factory=dict, description="Answer per blocking event type, e.g. user.pre_create."
     )
+    tolerance_seconds: float = Field(
+        300, ge=0, description="How far the signed context.timestamp may be from now; 0 turns the check off."
+    )
 
-    @field_validator("blocking_responses")
+    @field_validator("blocking_responses", mode="before")
     @classmethod
-    def _blocking_types_only(cls, value: dict[str, BlockingResponse]) -> dict[str, BlockingResponse]:
-        unknown = sorted(name for name in value if not is_blocking(name))
+    def _per_event_schema(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value  # the dict type reports it
+        unknown = sorted(str(name) for name in value if not (isinstance(name, str) and is_blocking(name)))
         if unknown:  # a typo would silently never apply
             raise ValueError(f"not blocking event types: {', '.join(unknown)}")
-        return value
+        checked: dict[str, BlockingResponse] = {}
+        for name, answer in value.items():  # one at a time, so an error names the event's key
+            model = response_model(name)
+            checked |= TypeAdapter(dict[str, model]).validate_python({name: answer})  # type: ignore[valid-type]
+        return checked
 
 
 class AuthgearVerifier:
     Options = AuthgearOptions
 
-    def __init__(self, options: AuthgearOptions, secrets: Secrets) -> None:
+    def __init__(self, options: AuthgearOptions, secrets: Secrets, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        """``clock`` exists for tests; the listener never passes it."""
         if not secrets:
             raise ValueError("the authgear verifier needs at least one secret")
         self.options = options
         self.secrets = secrets
+        self.clock = clock
 
     def verify(self, request: InboundRequest) -> Accepted:
         signature = request.headers.get("x-authgear-body-signature")
@@ -136,12 +208,20 @@ class AuthgearVerifier:
         if not isinstance(body, dict) or not isinstance(body.get("type"), str) or not body["type"]:
             raise MalformedPayload("body is not an Authgear event (no type)")
         event_type: str = body["type"]
+        timestamp = dotted_get(body, "context.timestamp")
+        # Only now: the timestamp is trusted once the signature is.  Authgear stamps every event, so
+        # every body it signed (every one that could be captured and replayed) is checked; one
+        # without a context.timestamp was never stamped and keeps receipt time as its time.
+        if self.options.tolerance_seconds and timestamp is not None:
+            if not isinstance(timestamp, int) or isinstance(timestamp, bool):
+                raise VerificationFailed("context.timestamp is not an integer number of seconds")
+            check_timestamp(str(timestamp), self.options.tolerance_seconds, now=self.clock())
         event = ProviderEvent(
             name=event_type,
             data=body,
             id=_text(body.get("id")),
             subject=_text(dotted_get(body, "context.user_id")) or _text(dotted_get(body, "payload.user.id")),
-            time=_unix_time(dotted_get(body, "context.timestamp")),
+            time=_unix_time(timestamp),
             data_json=body_json,
         )
         if not is_blocking(event_type):
