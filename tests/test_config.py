@@ -302,3 +302,41 @@ def test_no_verifier_matches_an_hmac_under_the_empty_key():
     forged = hmac.new(b"", b"body", hashlib.sha256).digest()
     with pytest.raises(VerificationFailed):
         require_match([b"", b"real-secret"], b"body", [forged])
+
+
+def test_route_keys_and_where_fields_that_name_nothing_are_warned_about():
+    from webhookbus.config import route_warnings
+
+    config = parse_config(GOOD.replace("  - topic: demo.events\n", textwrap.dedent("""\
+          - topic: demo.events
+            key: subjct
+            where: {country_of_origin: SE, data.country: SE, time: x}
+        """)), "cfg.yaml")
+    assert route_warnings(config.settings) == [
+        "routes[0].key 'subjct' is neither an attribute nor a data. field: only a plugin extension of that name would match",
+        "routes[0].where 'country_of_origin' is neither an attribute nor a data. field: "
+        "only a plugin extension of that name would match",
+    ]
+
+
+def test_a_verifier_name_two_distributions_register_is_a_config_error(monkeypatch):
+    import webhookbus.config as config_module
+
+    monkeypatch.setattr(config_module, "verifier_name_clashes", lambda: {"hmac": ["webhookbus", "webhookbus-acme"]})
+    message = problem(GOOD)
+    assert "cfg.yaml:5: providers.demo.verifier: verifier 'hmac' is registered by several distributions" in message
+    assert "(webhookbus, webhookbus-acme)" in message
+
+
+def test_verifier_name_clashes_names_the_distributions(monkeypatch):
+    from types import SimpleNamespace
+
+    import webhookbus.plugin as plugin
+
+    def entry(name: str, dist: str) -> SimpleNamespace:
+        return SimpleNamespace(name=name, dist=SimpleNamespace(name=dist), value=f"{dist}:V")
+
+    found = [entry("hmac", "webhookbus"), entry("hmac", "webhookbus-acme"), entry("uip", "webhookbus"),
+             entry("uip", "webhookbus")]  # one distribution seen twice (an editable install) is no clash
+    monkeypatch.setattr(plugin, "entry_points", lambda group: found)
+    assert plugin.verifier_name_clashes() == {"hmac": ["webhookbus", "webhookbus-acme"]}

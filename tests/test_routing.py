@@ -83,3 +83,8 @@ def test_a_key_from_a_field_is_its_utf8_text_or_its_json_never_a_python_repr():
     settings = Settings(routes=[{"topic": "t", "key": f"data.{field}"} for field in ("user", "admin", "n", "name")])
     keys = [m.key for m in messages_for(settings, event)]
     assert keys == [b'{"id":1}', b"true", b"7", "b\ufffdd".encode()]
+
+
+def test_a_route_can_key_on_the_time_attribute():
+    [message] = messages_for(Settings(routes=[{"topic": "t", "key": "time"}]), EVENT)
+    assert message.key == b"2026-01-02T00:00:00Z"

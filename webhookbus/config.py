@@ -24,7 +24,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
-from webhookbus.plugin import Verifier, VerifierOptions, installed_verifiers
+from webhookbus.plugin import Verifier, VerifierOptions, installed_verifiers, verifier_name_clashes
 
 Loc = tuple[str | int, ...]
 
@@ -470,7 +470,7 @@ def _settings(raw: dict[str, Any], errors: _Errors, source: str) -> Settings:
 
 
 def _load_providers(settings: Settings, errors: _Errors) -> tuple[dict[str, Provider], list[str]]:
-    installed = installed_verifiers()
+    installed, clashes = installed_verifiers(), verifier_name_clashes()
     providers: dict[str, Provider] = {}
     warnings: list[str] = []
     for name, provider in settings.providers.items():
@@ -478,6 +478,10 @@ def _load_providers(settings: Settings, errors: _Errors) -> tuple[dict[str, Prov
         entry = installed.get(provider.verifier)
         if entry is None:
             errors.add(loc + ("verifier",), f"unknown verifier {provider.verifier!r}; installed: {', '.join(sorted(installed))}")
+            continue
+        if provider.verifier in clashes:
+            errors.add(loc + ("verifier",), f"verifier {provider.verifier!r} is registered by several distributions "
+                                            f"({', '.join(clashes[provider.verifier])}): uninstall all but one")
             continue
         try:
             verifier_class = entry.load()
@@ -515,12 +519,26 @@ def _load_providers(settings: Settings, errors: _Errors) -> tuple[dict[str, Prov
     return providers, warnings
 
 
+# What a route's key and where clauses can name besides data fields; anything else is a plugin
+# extension or, more likely, a typo (its value is then always missing: a null key, a where
+# clause that never matches).
+ROUTE_REFERENCES = frozenset({"id", "source", "type", "subject", "time", "datacontenttype", "data",
+                              "receivedtime", "verifier"})
+
+
 def route_warnings(settings: Settings) -> Sequence[str]:
-    """Routes whose provider glob matches no configured provider: probably a typo."""
+    """Routes that are probably typos: a provider glob matching no provider, a key or a where
+    field naming neither an attribute nor a ``data.`` field."""
     from fnmatch import fnmatchcase
 
-    return [
+    warnings = [
         f"routes[{i}] matches no configured provider ({route.provider!r})"
         for i, route in enumerate(settings.routes)
         if not any(fnmatchcase(name, route.provider) for name in settings.providers)
     ]
+    for i, route in enumerate(settings.routes):
+        for where, reference in [("key", route.key), *(("where", field) for field in route.where)]:
+            if reference not in ROUTE_REFERENCES and not reference.startswith("data."):
+                warnings.append(f"routes[{i}].{where} {reference!r} is neither an attribute nor a data. field: "
+                                "only a plugin extension of that name would match")
+    return warnings

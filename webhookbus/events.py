@@ -86,6 +86,8 @@ class CloudEvent:
             return dotted_get(self.data, reference[5:])
         if reference in ("id", "source", "type", "subject", "datacontenttype"):
             return getattr(self, reference)
+        if reference == "time":
+            return rfc3339(self.time)
         return self.extensions.get(reference)
 
 

@@ -191,3 +191,15 @@ class Verifier(Protocol):
 def installed_verifiers() -> dict[str, EntryPoint]:
     """Every verifier installed in this environment, built-in ones included, by name."""
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def verifier_name_clashes() -> dict[str, list[str]]:
+    """Verifier names that several distributions register, with those distributions.
+
+    Only one of them is loaded, and which depends on install order: a plugin named like a
+    built-in (or like another plugin) would silently replace it.
+    """
+    registered: dict[str, set[str]] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        registered.setdefault(ep.name, set()).add(ep.dist.name if ep.dist is not None else ep.value)
+    return {name: sorted(dists) for name, dists in registered.items() if len(dists) > 1}
