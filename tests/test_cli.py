@@ -262,3 +262,57 @@ def test_log_level_is_case_insensitive_and_checked(tmp_path, monkeypatch, capsys
     with pytest.raises(SystemExit) as exited:
         main(["serve", "--config", str(file), "--log-level", "loud"])
     assert exited.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+@pytest.fixture
+def occupied_port():
+    """A port someone else listens on, as the first `make run` does on 8080 and 9092."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("command", ["serve", "dev"])
+def test_an_occupied_listener_port_is_one_line_and_exit_2_not_a_traceback(command, occupied_port, tmp_path):
+    """A second `make run` (or serve) while the first runs: the reason and the setting to change;
+    dev says it before starting a broker or printing curls that would reach the first instance."""
+    config = tmp_path / "webhookbus.yaml"
+    config.write_text(yaml.safe_dump({"server": {"host": "127.0.0.1", "port": occupied_port}}))
+    env = {name: value for name, value in os.environ.items() if not name.startswith("WEBHOOKBUS_")}
+    broker_port = free_port()
+    extra = ["--broker-port", str(broker_port)] if command == "dev" else []
+    result = subprocess.run([sys.executable, "-m", "webhookbus.cli", command, "--config", str(config), *extra],
+                            check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (f"webhookbus: cannot listen on 127.0.0.1:{occupied_port}: address already in use "
+                             "(another make run? set server.port or WEBHOOKBUS_SERVER__PORT)\n")
+    assert "curl" not in result.stdout and "broker on" not in result.stdout
+    assert not (tmp_path / "spool").exists() or not any((tmp_path / "spool").iterdir()), "no spool slot left behind"
+
+
+def test_dev_on_an_occupied_broker_port_says_so(occupied_port, tmp_path):
+    config = tmp_path / "webhookbus.yaml"
+    config.write_text(yaml.safe_dump({"server": {"host": "127.0.0.1", "port": free_port()}}))
+    env = {name: value for name, value in os.environ.items() if not name.startswith("WEBHOOKBUS_")}
+    result = subprocess.run([sys.executable, "-m", "webhookbus.cli", "dev", "--config", str(config),
+                             "--broker-port", str(occupied_port)],
+                            check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert f"cannot start the broker on 127.0.0.1:{occupied_port}: address already in use" in result.stderr
+    assert "Traceback" not in result.stderr and "curl" not in result.stdout
+
+
+def test_a_broker_on_an_occupied_port_is_refused_not_taken_for_ours(occupied_port):
+    """tansu cannot bind and exits; whatever answers on the port must not pass for it."""
+    from webhookbus.testing import Broker
+
+    broker = Broker(port=occupied_port)
+    try:
+        with pytest.raises(RuntimeError, match=f"127.0.0.1:{occupied_port}: address already in use"):
+            broker.start()
+        assert broker.process is None
+    finally:
+        broker.stop()

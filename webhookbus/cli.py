@@ -31,13 +31,13 @@ def _load(path: str) -> Config:
 def cmd_serve(args: argparse.Namespace) -> int:
     from hypercorn.utils import LifespanFailureError
 
-    from webhookbus.server import run
+    from webhookbus.server import ListenError, run
 
     config = _load(args.config)
     log.configure(args.log_level)
     try:
         return run(config)
-    except LifespanFailureError as exc:  # e.g. the spool directory cannot be written
+    except (LifespanFailureError, ListenError) as exc:  # e.g. the spool directory cannot be written, the port is taken
         return _fail(str(exc))
 
 
@@ -227,15 +227,23 @@ def _fail(message: str, code: int = 2) -> int:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     """Start a local broker and the listener, with sample secrets, and print signed curls."""
-    from webhookbus.testing.broker import Broker
+    from hypercorn.utils import LifespanFailureError
+
+    from webhookbus.server import ListenError, bind, close, serve
+    from webhookbus.testing.broker import Broker, BrokerError
     from webhookbus.testing.samples import install_dev_secrets, sample_request
 
     for created in install_dev_secrets():
         print(f"created development key {created}")
-    broker = Broker(port=args.broker_port).start()
+    broker = Broker(port=args.broker_port)
     os.environ["WEBHOOKBUS_KAFKA__BOOTSTRAP_SERVERS"] = broker.bootstrap
+    config = _load(args.config)
+    try:  # the listener's address first: a second `make run` stops here, before it starts a broker
+        sockets = bind(config.settings.server)
+    except ListenError as exc:
+        return _fail(str(exc))
     try:
-        config = _load(args.config)
+        broker.start()
         url = base_url(config.settings.server)
         exe = os.path.relpath(sys.argv[0]) if os.path.sep in sys.argv[0] else "webhookbus"
         print(f"broker on {broker.bootstrap}; listener on {url}\n")
@@ -248,10 +256,11 @@ def cmd_dev(args: argparse.Namespace) -> int:
         print(f"read the events: WEBHOOKBUS_KAFKA__BOOTSTRAP_SERVERS={broker.bootstrap} "
               f"{exe} tail --config {args.config} --topic <topic> --from-beginning\n", flush=True)
         log.configure(args.log_level)
-        from webhookbus.server import serve
-
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, sockets=sockets))
+    except (BrokerError, LifespanFailureError) as exc:
+        return _fail(str(exc))
     finally:
+        close(sockets)
         broker.stop()
     return 0
 

