@@ -537,7 +537,7 @@ def route_warnings(settings: Settings) -> Sequence[str]:
         if not any(fnmatchcase(name, route.provider) for name in settings.providers)
     ]
     for i, route in enumerate(settings.routes):
-        for where, reference in [("key", route.key), *(("where", field) for field in route.where)]:
+        for where, reference in [("key", route.key), *(("where", name) for name in route.where)]:
             if reference not in ROUTE_REFERENCES and not reference.startswith("data."):
                 warnings.append(f"routes[{i}].{where} {reference!r} is neither an attribute nor a data. field: "
                                 "only a plugin extension of that name would match")
