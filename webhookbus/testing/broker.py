@@ -25,16 +25,25 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
+def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1",
+                  process: subprocess.Popen[bytes] | None = None) -> None:
+    """Wait until ``host:port`` accepts connections.  With ``process``: until it is that process
+    that answers; :class:`ChildProcessError` as soon as it has exited (another process on the
+    port must not pass for it)."""
     deadline = time.monotonic() + timeout
     while True:
+        if process is not None and process.poll() is not None:
+            raise ChildProcessError(f"exited with status {process.returncode} before it listened on {host}:{port}")
         try:
             with socket.create_connection((host, port), timeout=0.5):
-                return
+                pass
         except OSError:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"nothing listens on {host}:{port} after {timeout} s") from None
             time.sleep(0.05)
+            continue
+        if process is None or process.poll() is None:
+            return
 
 
 class BrokerError(RuntimeError):
@@ -80,25 +89,15 @@ class Broker:
              "--storage-engine", "memory://tansu/"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + timeout
         try:
-            while True:
-                if process.poll() is not None:
-                    raise BrokerError(f"the broker on {self.bootstrap} exited with status {process.returncode} "
-                                      "before it listened (port taken meanwhile?)")
-                try:
-                    with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                        pass
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"the broker does not listen on {self.bootstrap} after {timeout} s") from None
-                    time.sleep(0.05)
-                    continue
-                if process.poll() is None:  # it answered and it is ours: still running
-                    return self
+            wait_for_port(self.port, timeout, process=process)
+        except ChildProcessError as exc:
+            self.stop()
+            raise BrokerError(f"the broker {exc} (port taken meanwhile?)") from None
         except BaseException:
             self.stop()
             raise
+        return self
 
     def stop(self) -> None:
         """Kill the broker at once: it keeps everything in memory, so there is nothing to flush

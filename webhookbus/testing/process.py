@@ -51,8 +51,8 @@ class ServerProcess:
                 stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         try:
-            wait_for_port(self.port, timeout)
-        except TimeoutError:
+            wait_for_port(self.port, timeout, process=self.process)
+        except (TimeoutError, ChildProcessError):
             self.kill()
             raise RuntimeError(f"webhookbus did not start; see {self.log_path}") from None
         return self
