@@ -24,6 +24,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
+from webhookbus.events import CloudEvent
 from webhookbus.plugin import Verifier, VerifierOptions, installed_verifiers, verifier_name_clashes
 
 Loc = tuple[str | int, ...]
@@ -49,14 +50,10 @@ def resolve_secret(reference: str) -> Secret:
     is one anybody can compute, so one empty file in a rotation would accept forgeries.
     """
     secret = _read_secret(reference)
-    if not bytes(secret).strip():
-        raise ValueError(f"the secret {reference.partition(':')[0]}:{_name(reference)} is empty")
+    if not secret.strip():
+        scheme, _, name = reference.partition(":")
+        raise ValueError(f"the secret {scheme}:{'...' if scheme == 'literal' else name} is empty")
     return secret
-
-
-def _name(reference: str) -> str:
-    scheme, _, rest = reference.partition(":")
-    return "..." if scheme == "literal" else rest
 
 
 def _read_secret(reference: str) -> Secret:
@@ -519,13 +516,6 @@ def _load_providers(settings: Settings, errors: _Errors) -> tuple[dict[str, Prov
     return providers, warnings
 
 
-# What a route's key and where clauses can name besides data fields; anything else is a plugin
-# extension or, more likely, a typo (its value is then always missing: a null key, a where
-# clause that never matches).
-ROUTE_REFERENCES = frozenset({"id", "source", "type", "subject", "time", "datacontenttype", "data",
-                              "receivedtime", "verifier"})
-
-
 def route_warnings(settings: Settings) -> Sequence[str]:
     """Routes that are probably typos: a provider glob matching no provider, a key or a where
     field naming neither an attribute nor a ``data.`` field."""
@@ -536,9 +526,11 @@ def route_warnings(settings: Settings) -> Sequence[str]:
         for i, route in enumerate(settings.routes)
         if not any(fnmatchcase(name, route.provider) for name in settings.providers)
     ]
+    # Any other name is a plugin extension or, more likely, a typo: its value is then always
+    # missing (a null key, a where clause that never matches).
     for i, route in enumerate(settings.routes):
         for where, reference in [("key", route.key), *(("where", name) for name in route.where)]:
-            if reference not in ROUTE_REFERENCES and not reference.startswith("data."):
+            if reference not in CloudEvent.FIELDS and not reference.startswith("data."):
                 warnings.append(f"routes[{i}].{where} {reference!r} is neither an attribute nor a data. field: "
                                 "only a plugin extension of that name would match")
     return warnings

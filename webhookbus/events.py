@@ -78,6 +78,9 @@ class CloudEvent:
             attrs["rawbody"] = base64.b64encode(self.raw_body).decode()
         return attrs
 
+    # What field() finds besides ``data.<path>``; any other name is looked up among the extensions.
+    FIELDS = frozenset({"id", "source", "type", "subject", "time", "datacontenttype", "data", "receivedtime", "verifier"})
+
     def field(self, reference: str) -> Any:
         """An attribute (``subject``, ``id``...) or a dotted data field (``data.user.id``)."""
         if reference == "data":
@@ -151,15 +154,15 @@ def _extensions(verifier: str, extensions: Mapping[str, Any]) -> dict[str, str]:
             log.warning("extension dropped: not a CloudEvents attribute name",
                         extra={"verifier": verifier, "extension": _text(str(name))[:40]})
         elif name not in RESERVED_ATTRIBUTES and value is not None:
-            kept[name] = _text(_extension_value(value))
+            kept[name] = _text(canonical_text(value))
     return kept
 
 
-def _extension_value(value: Any) -> str:
-    """CloudEvents' canonical string for a value: ``true``/``false`` for a bool, else ``str``."""
+def canonical_text(value: Any) -> str:
+    """CloudEvents' (and JSON's) string for a value: ``true``/``false`` for a bool, else ``str``."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    return value if isinstance(value, str) else str(value)
+    return str(value)
 
 
 # Built once: json.dumps with options builds an encoder per call.  No circular-reference

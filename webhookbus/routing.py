@@ -9,7 +9,7 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 
 from webhookbus.config import RouteSettings, Settings
-from webhookbus.events import CloudEvent, encode_binary, encode_structured, record_key
+from webhookbus.events import CloudEvent, canonical_text, encode_binary, encode_structured, record_key
 from webhookbus.records import KafkaMessage
 
 
@@ -34,12 +34,8 @@ def _equal(actual: object, expected: object) -> bool:
     if actual is None:
         return expected is None
     if isinstance(actual, bool) or isinstance(expected, bool):
-        return _json_text(actual) == _json_text(expected)
+        return canonical_text(actual) == canonical_text(expected)
     return actual == expected or str(actual) == str(expected)
-
-
-def _json_text(value: object) -> str:
-    return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
 def message_for(route: RouteSettings, event: CloudEvent, name: str) -> KafkaMessage:
