@@ -24,7 +24,7 @@ from signed import SECRET, signed_requests  # noqa: E402
 from webhookbus.config import KafkaSettings, RouteSettings  # noqa: E402
 from webhookbus.events import normalize  # noqa: E402
 from webhookbus.plugin import InboundRequest  # noqa: E402
-from webhookbus.publish import producer_options  # noqa: E402
+from webhookbus.delivery.publish import producer_options  # noqa: E402
 from webhookbus.routing import KafkaMessage, message_for  # noqa: E402
 from webhookbus.verifiers.uip import UipOptions, UipVerifier  # noqa: E402
 

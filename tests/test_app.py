@@ -10,7 +10,7 @@ import json
 import logging
 from datetime import datetime, timezone
 
-from webhookbus.app import WebhookBus
+from webhookbus.http.app import WebhookBus
 from webhookbus.config import parse_config
 from webhookbus.events import normalize
 from webhookbus.plugin import InboundRequest, ProviderEvent, WebhookError

@@ -249,14 +249,14 @@ def test_tail_reports_an_unparsable_environment_variable_without_a_traceback(tmp
 def test_log_level_is_case_insensitive_and_checked(tmp_path, monkeypatch, capsys):
     import logging
 
-    import webhookbus.server
+    import webhookbus.http.server
     from webhookbus import log
 
     file = tmp_path / "webhookbus.yaml"
     file.write_text("{}\n")
     levels = []
     monkeypatch.setattr(log, "configure", levels.append)
-    monkeypatch.setattr(webhookbus.server, "run", lambda config: 0)
+    monkeypatch.setattr(webhookbus.http.server, "run", lambda config: 0)
     assert main(["serve", "--config", str(file), "--log-level", "debug"]) == 0
     assert levels == ["DEBUG"] and logging.getLevelName(levels[0]) == logging.DEBUG
     with pytest.raises(SystemExit) as exited:

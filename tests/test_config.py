@@ -226,7 +226,7 @@ def test_a_value_under_secrets_or_kafka_producer_is_never_echoed(monkeypatch):
 
 def test_hypercorn_read_timeout_rounds_up():
     from webhookbus.config import ServerSettings
-    from webhookbus.server import hypercorn_config
+    from webhookbus.http.server import hypercorn_config
 
     assert hypercorn_config(ServerSettings(request_timeout=0.5)).read_timeout == 1
     assert hypercorn_config(ServerSettings(request_timeout=1.9)).read_timeout == 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from webhookbus.dedup import CURRENT, DedupStore, dedup_key
+from webhookbus.delivery.dedup import CURRENT, DedupStore, dedup_key
 
 
 def test_marked_ids_are_seen_until_their_window_ends(tmp_path):

@@ -225,7 +225,7 @@ def test_broker_outage_gives_503_then_recovers(webhookbus_listener, own_broker, 
 
 def test_client_certificate_subject_is_believed_only_from_trusted_proxies(webhookbus_listener):
     """A spoofed subject header from any other address must not reach a verifier."""
-    from webhookbus.app import WebhookBus
+    from webhookbus.http.app import WebhookBus
 
     listener = webhookbus_listener({
         **demo_config([{"topic": "unused"}]),

@@ -7,10 +7,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from webhookbus.forward import Forwarder
-from webhookbus.publish import DONE, Batch
+from webhookbus.delivery.forward import Forwarder
+from webhookbus.delivery.publish import DONE, Batch
 from webhookbus.routing import KafkaMessage
-from webhookbus.spool import Spool
+from webhookbus.delivery.spool import Spool
 
 
 def message(n: int) -> KafkaMessage:

@@ -18,9 +18,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from webhookbus.app import WebhookBus
+from webhookbus.http.app import WebhookBus
 from webhookbus.config import Config, parse_config
-from webhookbus.publish import DONE, Batch
+from webhookbus.delivery.publish import DONE, Batch
 from webhookbus.testing.samples import sample_request, signers_for
 
 SIGNATURE_HEADERS = {"hmac": "x-signature", "uip": "x-uip-signature", "unloq": "x-unloq-signature",

@@ -16,11 +16,11 @@ import pytest
 from kafka.errors import KafkaConnectionError, UnknownProducerIdError
 from kafka.future import Future
 
-from webhookbus import producer
+from webhookbus.delivery import producer
 from webhookbus.config import KafkaSettings
-from webhookbus.producer import EXIT_CLOSED, EXIT_LISTENER_GONE, EXIT_PRODUCER_FAILED, ProducerThread
-from webhookbus.publish import PublishFailed, Publisher
-from webhookbus.records import SEND, SETTINGS, Batch, KafkaMessage, pipe_frame, send_body
+from webhookbus.delivery.producer import EXIT_CLOSED, EXIT_LISTENER_GONE, EXIT_PRODUCER_FAILED, ProducerThread
+from webhookbus.delivery.publish import PublishFailed, Publisher
+from webhookbus.delivery.records import SEND, SETTINGS, Batch, KafkaMessage, pipe_frame, send_body
 from webhookbus.testing.broker import read_topic
 
 
@@ -224,7 +224,7 @@ def test_the_producer_process_exits_at_once_when_the_listener_vanishes(own_broke
 def producer_process(bootstrap: str, options: dict | None = None) -> tuple[subprocess.Popen[bytes], socket.socket]:
     """A producer process on a raw socket pair: the test plays the listener, byte by byte."""
     ours, theirs = socket.socketpair()
-    process = subprocess.Popen([sys.executable, "-m", "webhookbus.producer", str(theirs.fileno())],
+    process = subprocess.Popen([sys.executable, "-m", "webhookbus.delivery.producer", str(theirs.fileno())],
                                pass_fds=[theirs.fileno()], stderr=subprocess.PIPE)
     theirs.close()
     config = {"options": {"bootstrap_servers": [bootstrap], **(options or {})}, "max_in_flight_records": 100,
@@ -296,7 +296,7 @@ def test_close_right_after_start_and_a_failed_restart_are_both_handled(kafka_bro
 def test_size_bound_is_never_below_what_kafka_python_counts_against_max_request_size(value_size, key):
     from kafka.record.default_records import DefaultRecordBatchBuilder
 
-    from webhookbus.records import size_bound
+    from webhookbus.delivery.records import size_bound
 
     for headers in ([], [("content-type", b"application/json")], [(f"ce_x{n}", b"y" * (n * 997)) for n in range(12)]):
         message = KafkaMessage("topic", key, b"v" * value_size, headers, "r")

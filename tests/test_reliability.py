@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from webhookbus.spool import spool_status
+from webhookbus.delivery.spool import spool_status
 from webhookbus.testing import post, read_topic, to_cloudevent
 from webhookbus.testing.process import ServerProcess
 from webhookbus.testing.samples import sign_hmac
@@ -270,7 +270,7 @@ def test_a_slot_another_process_left_is_forwarded_and_released(webhookbus_listen
     import asyncio
 
     from webhookbus.routing import KafkaMessage
-    from webhookbus.spool import Spool, list_segments, slot_owner
+    from webhookbus.delivery.spool import Spool, list_segments, slot_owner
 
     topic = topic_name("orphan")
     left = Spool(tmp_path, 1 << 30, 1 << 30, slot=tmp_path / "3")

@@ -1,4 +1,4 @@
-"""webhookbus.server: ``server.workers`` (forked workers on their own SO_REUSEPORT sockets, a
+"""webhookbus.http.server: ``server.workers`` (forked workers on their own SO_REUSEPORT sockets, a
 graceful stop, a worker that dies taking the service down rather than leaving it
 short-handed) and ``server.loop``."""
 
@@ -87,7 +87,7 @@ def test_each_worker_listens_on_its_own_socket_and_a_stop_is_graceful(server, ka
     workers = children(process.pid)
     wait_until(lambda: all(len(children(worker)) == 1 for worker in workers))
     producers = [children(worker)[0] for worker in workers]
-    assert all(b"webhookbus.producer" in Path(f"/proc/{pid}/cmdline").read_bytes() for pid in producers), \
+    assert all(b"webhookbus.delivery.producer" in Path(f"/proc/{pid}/cmdline").read_bytes() for pid in producers), \
         "each worker publishes through a producer process of its own"
     wait_until(lambda: all(listening_sockets(worker, port) for worker in workers))
     sockets = [listening_sockets(worker, port) for worker in workers]
@@ -120,7 +120,7 @@ def test_event_loop_setting():
     import uvloop
 
     from webhookbus.config import ServerSettings
-    from webhookbus.server import loop_factory
+    from webhookbus.http.server import loop_factory
 
     assert loop_factory(ServerSettings(loop="asyncio")) is None
     assert loop_factory(ServerSettings(loop="uvloop")) is uvloop.new_event_loop
@@ -143,7 +143,7 @@ def test_run_freezes_what_is_loaded_before_serving(monkeypatch):
     """Full collections must not rescan modules, plugins and config on every pass."""
     import gc
 
-    from webhookbus import server
+    from webhookbus.http import server
     from webhookbus.config import parse_config
 
     frozen_when_serving = []

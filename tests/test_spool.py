@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from webhookbus.routing import KafkaMessage
-from webhookbus.spool import (
+from webhookbus.delivery.spool import (
     Spool,
     SpoolFull,
     decode,
@@ -188,7 +188,7 @@ def test_processes_sharing_a_directory_get_their_own_slots(tmp_path):
 
 @pytest.mark.parametrize("fail_on", ["write", "fdatasync"])
 def test_a_failing_disk_fails_the_requests_and_loses_no_earlier_record(tmp_path, monkeypatch, fail_on):
-    from webhookbus.spool import SpoolError
+    from webhookbus.delivery.spool import SpoolError
 
     spool = Spool(tmp_path, 1 << 30, 1 << 30)
     real = getattr(os, fail_on)
@@ -215,8 +215,8 @@ def test_a_failed_first_write_to_a_new_segment_does_not_block_the_appends_after_
     """The segment is named after the next sequence number, which the next one starts at too."""
     import threading
 
-    from webhookbus import spool as spool_module
-    from webhookbus.spool import SpoolError
+    from webhookbus.delivery import spool as spool_module
+    from webhookbus.delivery.spool import SpoolError
 
     spool = Spool(tmp_path, 1 << 30, 1 << 30)
     where = spool_module if fail_on == "_fsync_directory" else os
@@ -245,8 +245,8 @@ def test_a_failed_first_write_to_a_new_segment_does_not_block_the_appends_after_
 
 
 def test_a_record_that_cannot_be_encoded_fails_its_request_and_the_writer_goes_on(tmp_path, monkeypatch):
-    from webhookbus import spool as spool_module
-    from webhookbus.spool import SpoolError
+    from webhookbus.delivery import spool as spool_module
+    from webhookbus.delivery.spool import SpoolError
 
     real = spool_module.encode
     monkeypatch.setattr(spool_module, "encode", lambda seq, now, m: real(seq, now, m) if m.value != b"bad" else 1 / 0)

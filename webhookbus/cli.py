@@ -31,7 +31,7 @@ def _load(path: str) -> Config:
 def cmd_serve(args: argparse.Namespace) -> int:
     from hypercorn.utils import LifespanFailureError
 
-    from webhookbus.server import ListenError, run
+    from webhookbus.http.server import ListenError, run
 
     config = _load(args.config)
     log.configure(args.log_level)
@@ -229,7 +229,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     """Start a local broker and the listener, with sample secrets, and print signed curls."""
     from hypercorn.utils import LifespanFailureError
 
-    from webhookbus.server import ListenError, bind, close, serve
+    from webhookbus.http.server import ListenError, bind, close, serve
     from webhookbus.testing.broker import Broker, BrokerError
     from webhookbus.testing.samples import install_dev_secrets, sample_request
 
@@ -267,7 +267,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 def cmd_spool_status(args: argparse.Namespace) -> int:
     """Depth and age of each spool slot; reads only the ``spool`` section (no secrets needed)."""
-    from webhookbus.spool import spool_status
+    from webhookbus.delivery.spool import spool_status
 
     directory = args.directory
     if directory is None:

@@ -10,7 +10,7 @@ from fnmatch import fnmatchcase
 
 from webhookbus.config import RouteSettings, Settings
 from webhookbus.events import CloudEvent, canonical_text, encode_binary, encode_structured, record_key
-from webhookbus.records import KafkaMessage
+from webhookbus.delivery.records import KafkaMessage
 
 
 def route_matches(route: RouteSettings, event: CloudEvent) -> bool:

@@ -13,7 +13,7 @@ import sys
 from hypercorn.asyncio import serve
 
 from webhookbus.config import ServerSettings
-from webhookbus.server import hypercorn_config, loop_factory
+from webhookbus.http.server import hypercorn_config, loop_factory
 
 
 async def app(scope, receive, send):  # type: ignore[no-untyped-def]

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from webhookbus.config import Config, parse_config
-from webhookbus.server import serve
+from webhookbus.http.server import serve
 from webhookbus.testing.broker import free_port, wait_for_port
 
 

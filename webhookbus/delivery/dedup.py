@@ -4,7 +4,7 @@ A provider that did not see our 2xx (a timeout, a dropped connection) sends the 
 again, ZignSec for up to 48 hours.  An event is remembered only once it is durably
 accepted (acked by the broker or synced to the spool): a request answered 503 is
 remembered only if the messages it gave up on land after all, so its retry is otherwise a
-first attempt, not a duplicate (:mod:`webhookbus.delivery`).
+first attempt, not a duplicate (:mod:`webhookbus.delivery.delivery`).
 
 The key is 8 bytes of BLAKE2b over ``provider NUL event id`` (a false match needs ~2^32
 remembered ids).  In memory: key -> expiry, oldest first, at most ``max_entries``.  On

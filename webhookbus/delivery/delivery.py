@@ -24,13 +24,13 @@ from functools import partial
 from typing import Any
 
 from webhookbus.config import Config, Provider
-from webhookbus.dedup import DedupStore, dedup_key
+from webhookbus.delivery.dedup import DedupStore, dedup_key
 from webhookbus.events import CloudEvent
-from webhookbus.forward import Forwarder
-from webhookbus.publish import PublishFailed, Publisher
-from webhookbus.records import Batch, size_bound
+from webhookbus.delivery.forward import Forwarder
+from webhookbus.delivery.publish import PublishFailed, Publisher
+from webhookbus.delivery.records import Batch, size_bound
 from webhookbus.routing import KafkaMessage, messages_for
-from webhookbus.spool import Spool, SpoolError, SpoolFull, slots_with_records
+from webhookbus.delivery.spool import Spool, SpoolError, SpoolFull, slots_with_records
 
 log = logging.getLogger("webhookbus.delivery")
 

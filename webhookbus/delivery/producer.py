@@ -3,7 +3,7 @@
 kafka-python is pure Python: in the listener's process its two threads took a third of
 the CPU a request costs and, worse, the GIL from the event loop (bench/README.md).  So
 each listener process starts one of these and talks to it over a socket pair
-(:mod:`webhookbus.publish` is the other end; :mod:`webhookbus.records` has the frames)::
+(:mod:`webhookbus.delivery.publish` is the other end; :mod:`webhookbus.delivery.records` has the frames)::
 
     listener -> producer   SETTINGS  the producer options, once, first
                            SEND      batch id, the batch's records as frames (records.py)
@@ -20,7 +20,7 @@ records and what the spool held is forwarded again by the next run; flushing the
 only publish them twice.  It ignores SIGINT and SIGTERM, which reach it with the
 listener's, so that the listener's own shutdown decides when it goes.
 
-    python -m webhookbus.producer FD
+    python -m webhookbus.delivery.producer FD
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from kafka.errors import KafkaError
 
 from webhookbus import log as logs
 from webhookbus.log import where
-from webhookbus.records import (ABANDON, ABANDONED, ANSWER, CLOSE, CLOSE_BUDGET, DONE, PIPE, QUEUED, SEND, SENDING,
+from webhookbus.delivery.records import (ABANDON, ABANDONED, ANSWER, CLOSE, CLOSE_BUDGET, DONE, PIPE, QUEUED, SEND, SENDING,
                                 SETTINGS, STATUS, Batch, answer_body, pipe_frame, read_messages)
 
 log = logging.getLogger("webhookbus.producer")

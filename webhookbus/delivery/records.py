@@ -1,7 +1,7 @@
 """A Kafka record, a batch of them on its way to the broker, and a record's bytes.
 
-Shared by the event loop's side (:mod:`webhookbus.publish`), the spool and the producer
-process (:mod:`webhookbus.producer`), which imports nothing heavier than this.  A record
+Shared by the event loop's side (:mod:`webhookbus.delivery.publish`), the spool and the producer
+process (:mod:`webhookbus.delivery.producer`), which imports nothing heavier than this.  A record
 has one byte form, a frame: the spool's segment files are made of them, and batches
 travel to the producer process as them, so neither re-encodes what the other wrote.
 """
@@ -107,7 +107,7 @@ def decode(payload: bytes) -> SpooledRecord:
     return SpooledRecord(seq, accepted_at, KafkaMessage(topic, key, value, headers, "spool"))
 
 
-# -- the pipe to the producer process (webhookbus.producer describes the conversation) ----
+# -- the pipe to the producer process (webhookbus.delivery.producer describes the conversation) ----
 
 PIPE = struct.Struct("<IcQ")  # body length, kind, batch id; the body follows
 SETTINGS, SEND, ABANDON, CLOSE, ANSWER, STATUS = b"C", b"S", b"A", b"Q", b"D", b"R"

@@ -1,6 +1,6 @@
 """Publishing from the listener: batches go to the producer process, answers come back.
 
-The listener never runs kafka-python itself (:mod:`webhookbus.producer` says why).
+The listener never runs kafka-python itself (:mod:`webhookbus.delivery.producer` says why).
 :class:`Publisher` starts the producer process, writes each batch to it over a socket
 pair and resolves the batch when the broker's answer comes back, all on the event loop:
 a request costs the loop one frame written (coalesced per loop iteration) and one read.
@@ -24,7 +24,7 @@ from typing import Any
 
 from webhookbus.config import KafkaSettings
 from webhookbus.log import where
-from webhookbus.records import (ABANDON, ANSWER, CLOSE, CLOSE_BUDGET, DONE, PIPE, SEND, SETTINGS, STATUS, Batch,
+from webhookbus.delivery.records import (ABANDON, ANSWER, CLOSE, CLOSE_BUDGET, DONE, PIPE, SEND, SETTINGS, STATUS, Batch,
                                 KafkaMessage, parse_answer, pipe_frame, send_body)
 
 log = logging.getLogger("webhookbus.publish")
@@ -162,7 +162,7 @@ class Publisher:
         assert self._loop is not None
         ours, theirs = socket.socketpair()
         try:
-            self._process = subprocess.Popen([sys.executable, "-m", "webhookbus.producer", str(theirs.fileno())],
+            self._process = subprocess.Popen([sys.executable, "-m", "webhookbus.delivery.producer", str(theirs.fileno())],
                                              pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
         except BaseException:
             ours.close()

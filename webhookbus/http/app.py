@@ -2,7 +2,7 @@
 
 A request's life: match the path to a provider, read the body within the size and time
 limits, hand it to the provider's verifier, normalise the events, and answer 2xx only
-once :mod:`webhookbus.delivery` says they are safe (on Kafka, or synced to the spool).
+once :mod:`webhookbus.delivery.delivery` says they are safe (on Kafka, or synced to the spool).
 Every refusal is a :class:`HttpError` (or a plugin's :class:`~webhookbus.plugin.WebhookError`)
 turned into a response in one place, :meth:`WebhookBus._handle`.
 """
@@ -19,13 +19,13 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import datetime, timezone
 from typing import Any
 
-from webhookbus.audit import RejectionAudit
+from webhookbus.delivery.audit import RejectionAudit
 from webhookbus.config import Config, Provider
-from webhookbus.delivery import Delivery, EventTooLarge, Refused
+from webhookbus.delivery.delivery import Delivery, EventTooLarge, Refused
 from webhookbus.events import normalize
 from webhookbus.log import where
 from webhookbus.plugin import Accepted, InboundRequest, Response, WebhookError
-from webhookbus.publish import Publisher
+from webhookbus.delivery.publish import Publisher
 from webhookbus.signing import matched_secret_index
 
 Scope = MutableMapping[str, Any]

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from webhookbus.log import where
-from webhookbus.records import FRAME, HEAD, MAX_FRAME, Batch, KafkaMessage, SpooledRecord, decode, encode
+from webhookbus.delivery.records import FRAME, HEAD, MAX_FRAME, Batch, KafkaMessage, SpooledRecord, decode, encode
 
 log = logging.getLogger("webhookbus.spool")
 

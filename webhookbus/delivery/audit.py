@@ -16,8 +16,8 @@ import time
 from webhookbus.config import AuditSettings
 from webhookbus.events import CloudEvent, encode_structured
 from webhookbus.plugin import InboundRequest, WebhookError
-from webhookbus.publish import Publisher
-from webhookbus.records import KafkaMessage
+from webhookbus.delivery.publish import Publisher
+from webhookbus.delivery.records import KafkaMessage
 
 EVENT_TYPE = "webhookbus.request.rejected"
 

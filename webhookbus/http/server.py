@@ -32,7 +32,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
 from hypercorn.utils import wrap_app
 
-from webhookbus.app import WebhookBus
+from webhookbus.http.app import WebhookBus
 from webhookbus.config import Config, ServerSettings
 
 log = logging.getLogger("webhookbus.server")

@@ -19,9 +19,9 @@ import time
 from collections import deque
 from functools import partial
 
-from webhookbus.publish import Publisher
-from webhookbus.records import Batch
-from webhookbus.spool import Spool, SpooledRecord
+from webhookbus.delivery.publish import Publisher
+from webhookbus.delivery.records import Batch
+from webhookbus.delivery.spool import Spool, SpooledRecord
 
 log = logging.getLogger("webhookbus.forward")
 
