@@ -1,12 +1,18 @@
 """Nothing answered 2xx is lost, and a provider's retry is published once: on a real broker.
 
+A full disk is made on demand (deterministically) by giving the spool and dedup modules an
+``os`` whose writes, syncs, new files and renames fail with ENOSPC while deleting still works;
+``make chaos`` runs the same on a real, small tmpfs.
+
 The broker stores in memory: stopping it loses what it held, so each test reads only
 what was accepted after the last broker restart (or counts on the spool to hold it).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import logging
 import os
 import signal
 import subprocess
@@ -14,9 +20,11 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
-from webhookbus.delivery.spool import spool_status
+from webhookbus.delivery import dedup, spool
+from webhookbus.delivery.spool import list_segments, spool_status
 from webhookbus.testing import post, read_topic, to_cloudevent
 from webhookbus.testing.process import ServerProcess
 from webhookbus.testing.samples import sign_hmac
@@ -301,3 +309,76 @@ def test_serve_will_not_start_without_a_writable_spool(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 2
     assert "cannot start delivery" in run.stderr and "Traceback" not in run.stderr
+
+
+class FullDisk:
+    """``os``, except that while ``full`` is set the disk has no space left."""
+
+    def __init__(self) -> None:
+        self.full = False
+        self.refused = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def _no_space(self) -> None:
+        if self.full:
+            self.refused += 1
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def write(self, fd: int, data: bytes) -> int:
+        self._no_space()
+        return os.write(fd, data)
+
+    def fdatasync(self, fd: int) -> None:
+        self._no_space()
+        os.fdatasync(fd)
+
+    def open(self, path: Any, flags: int, mode: int = 0o777, **kwargs: Any) -> int:
+        if flags & os.O_CREAT:
+            self._no_space()
+        return os.open(path, flags, mode, **kwargs)
+
+    def replace(self, src: Any, dst: Any) -> None:  # rename(2) may need a directory block
+        self._no_space()
+        os.replace(src, dst)
+
+
+def test_a_full_disk_refuses_new_requests_and_still_drains_what_was_accepted(webhookbus_listener, own_broker, topic_name,
+                                                                          monkeypatch, caplog):
+    disk = FullDisk()
+    monkeypatch.setattr(spool, "os", disk)
+    monkeypatch.setattr(dedup, "os", disk)
+    died: list[str] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: died.append(f"{args.thread.name}: {args.exc_type.__name__}"))
+    caplog.set_level(logging.INFO)
+    topic = topic_name("disk-full")
+    settings = {**config(topic, ack="spool"), "spool": {"max_bytes": 1 << 20, "segment_bytes": 4096}}
+    settings["kafka"]["max_in_flight_records"] = 20  # a forwarder window of 10: several rounds of release
+    listener = webhookbus_listener(settings, bootstrap=own_broker.bootstrap)
+    slot = Path(listener.config.settings.spool.directory) / "0"
+
+    own_broker.stop()
+    accepted = [f"held-{n}" for n in range(40)]
+    for event_id in accepted:
+        assert listener.post(PATH, *event(event_id)).status == 200
+    assert len(list_segments(slot)) > 3, "the records span several segments"
+
+    disk.full = True
+    for n in range(5):
+        reply = listener.post(PATH, *event(f"refused-{n}"))
+        assert reply.status == 503 and reply.json()["error"] == "spool_unavailable", reply.body
+        assert reply.headers["retry-after"]
+    own_broker.start()
+    assert sorted(ids(own_broker.bootstrap, topic, 40, timeout=60)) == sorted(accepted), "all drained, on a full disk"
+    wait_until(lambda: list_segments(slot) == [], timeout=20)  # spent segments deleted without a cursor write
+    assert disk.refused > 5, "the cursor writes were refused too"
+
+    disk.full = False
+    assert listener.post(PATH, *event("after")).status == 200
+    assert "after" in ids(own_broker.bootstrap, topic, 41, timeout=30)
+    assert died == [], "no thread of webhookbus died"
+    lines = [r for r in caplog.records if r.name.startswith("webhookbus") and r.levelno >= logging.ERROR]
+    assert [(r.getMessage(), r.reason) for r in lines] == [
+        ("spool: the disk refuses writes; new requests get 503, accepted ones still drain", "No space left on device")]
+    assert any(r.getMessage().endswith(": over") for r in caplog.records), "and one line when it is over"

@@ -97,6 +97,39 @@ def where(exc: BaseException) -> str:
     return f"{type(exc).__name__} at {last.filename.rsplit('/', 1)[-1]}:{last.lineno}"
 
 
+def reason(exc: BaseException) -> str:
+    """Why a system call failed (``No space left on device``), else :func:`where`."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return where(exc)
+
+
+class Outage:
+    """A failure that lasts (a full disk): one line when it begins and one when it ends,
+    not one per attempt, which under load would be thousands a second."""
+
+    def __init__(self, logger: logging.Logger, message: str, **fields: object) -> None:
+        self._logger, self._message, self._fields = logger, message, fields
+        self._lock = threading.Lock()
+        self.active = False
+
+    def failed(self, exc: BaseException, **fields: object) -> None:
+        with self._lock:
+            if self.active:
+                return
+            self.active = True
+        self._logger.error(self._message, extra={**self._fields, **fields, "reason": reason(exc)})
+
+    def cleared(self) -> None:
+        if not self.active:  # the common case, without the lock
+            return
+        with self._lock:
+            if not self.active:
+                return
+            self.active = False
+        self._logger.warning(f"{self._message}: over", extra=dict(self._fields))
+
+
 def _batching_handlers() -> list[BatchingHandler]:
     return [handler for handler in logging.getLogger().handlers if isinstance(handler, BatchingHandler)]
 

@@ -26,6 +26,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from webhookbus.log import Outage
+
 log = logging.getLogger("webhookbus.dedup")
 
 _RECORD = struct.Struct("<8sI")
@@ -44,6 +46,9 @@ class DedupStore:
         self.max_entries = max_entries
         self._expiry: dict[bytes, int] = {}
         self._warned_at = 0.0
+        # The events are accepted either way: a lost mark costs at most a second copy of a retry.
+        self._disk = Outage(log, "dedup store cannot write; a provider's retry may be published twice",
+                            slot=str(slot))
         now = time.time()
         for name in (OLD, CURRENT):
             self._load(slot / name, now)
@@ -84,11 +89,13 @@ class DedupStore:
             return
         try:
             os.write(self._fd, b"".join(records))
-        except OSError as exc:  # the events are accepted: a lost mark costs at most a second copy
-            log.error("dedup store write failed", extra={"reason": exc.strerror or type(exc).__name__})
-        self._written += len(records)
-        if self._written >= self.max_entries // 2:
-            self._rotate()
+            self._written += len(records)
+            if self._written >= self.max_entries // 2:
+                self._rotate()
+        except OSError as exc:  # on the event loop, settling a claim: must not raise
+            self._disk.failed(exc)
+        else:
+            self._disk.cleared()
         self._evict(time.time())
 
     def _evict(self, now: float) -> None:
@@ -106,13 +113,17 @@ class DedupStore:
                             extra={"max_entries": self.max_entries, "seconds_left": int(expires - now)})
 
     def _rotate(self) -> None:
+        fd = os.open(self.slot / "dedup.new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+        os.replace(self.slot / CURRENT, self.slot / OLD)  # first: a crash between keeps both halves
+        os.replace(self.slot / "dedup.new", self.slot / CURRENT)
         os.close(self._fd)
-        os.replace(self.slot / CURRENT, self.slot / OLD)
-        self._fd = os.open(self.slot / CURRENT, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._written = 0
+        self._fd, self._written = fd, 0
 
     def close(self) -> None:
         if self._fd >= 0:
-            os.fsync(self._fd)
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                self._disk.failed(exc)
             os.close(self._fd)
             self._fd = -1

@@ -19,6 +19,7 @@ import time
 from collections import deque
 from functools import partial
 
+from webhookbus.log import Outage
 from webhookbus.delivery.publish import Publisher
 from webhookbus.delivery.records import Batch
 from webhookbus.delivery.spool import Spool, SpooledRecord
@@ -52,6 +53,8 @@ class Forwarder:
         self._draining = False
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._trouble = Outage(log, "spool: forwarding stopped by an error; retrying every second",
+                               slot=str(spool.slot))
         spool.on_durable = self._wake
 
     def start(self) -> None:
@@ -82,37 +85,53 @@ class Forwarder:
     # -- the forwarder thread --------------------------------------------------------------
 
     def _run(self) -> None:
+        """Never ends but by ``stop``: whatever fails (a disk error reading a segment, a bug)
+        is logged once and tried again, as the records accepted are waiting on this thread."""
         while True:
-            with self._cond:
-                while not self._stopping and (wait := self._idle_for()) is not None:
-                    self._cond.wait(wait)
-                if self._stopping:
+            try:
+                if self._step():
                     return
-                retry: list[SpooledRecord] = []
-                if self._retry and not self._draining and time.monotonic() >= self._retry_at:
-                    while self._retry and len(retry) < self.batch_records:
-                        retry.append(self._retry.popleft())
-                room = self.window - self._outstanding
-                read = not retry and not self._draining and self._readable and room > 0
-                syncs_before_read = self._durable_syncs
-                self._acks_changed = False
-            if retry:
-                self._send(retry)
-            elif read:
-                want = min(self.batch_records, room)
-                records, missing = self.spool.read(self._position, want)
+                self._trouble.cleared()
+            except Exception as exc:
+                self._trouble.failed(exc)
                 with self._cond:
-                    # A short read means the spool's end, unless records became durable meanwhile.
-                    self._readable = len(records) == want or self._durable_syncs != syncs_before_read
-                    for lost in missing:
-                        self._acked.update(seq for seq in lost if seq >= self._acked_below)
-                self._send([r for r in records if r.seq >= self._acked_below])
-            self._release()
-            if self.until_drained and self._acked_below >= self.spool.next_seq and not self._outstanding:
-                self._release(final=True)
-                self.spool.close()
-                log.info("spool: forwarded what another process left", extra={"slot": str(self.spool.slot)})
-                return
+                    self._cond.wait_for(lambda: self._stopping, timeout=1.0)
+                    if self._stopping:
+                        return
+
+    def _step(self) -> bool:
+        """One round: send what is due, release what was acked; True when the thread is done."""
+        with self._cond:
+            while not self._stopping and (wait := self._idle_for()) is not None:
+                self._cond.wait(wait)
+            if self._stopping:
+                return True
+            retry: list[SpooledRecord] = []
+            if self._retry and not self._draining and time.monotonic() >= self._retry_at:
+                while self._retry and len(retry) < self.batch_records:
+                    retry.append(self._retry.popleft())
+            room = self.window - self._outstanding
+            read = not retry and not self._draining and self._readable and room > 0
+            syncs_before_read = self._durable_syncs
+            self._acks_changed = False
+        if retry:
+            self._send(retry)
+        elif read:
+            want = min(self.batch_records, room)
+            records, missing = self.spool.read(self._position, want)
+            with self._cond:
+                # A short read means the spool's end, unless records became durable meanwhile.
+                self._readable = len(records) == want or self._durable_syncs != syncs_before_read
+                for lost in missing:
+                    self._acked.update(seq for seq in lost if seq >= self._acked_below)
+            self._send([r for r in records if r.seq >= self._acked_below])
+        self._release()
+        if self.until_drained and self._acked_below >= self.spool.next_seq and not self._outstanding:
+            self._release(final=True)
+            self.spool.close()
+            log.info("spool: forwarded what another process left", extra={"slot": str(self.spool.slot)})
+            return True
+        return False
 
     def _idle_for(self) -> float | None:
         """None when there is work; else how long to sleep (caller holds the condition)."""

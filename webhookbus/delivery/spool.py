@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from webhookbus.log import where
+from webhookbus.log import Outage, reason
 from webhookbus.delivery.records import FRAME, HEAD, MAX_FRAME, Batch, KafkaMessage, SpooledRecord, decode, encode
 
 log = logging.getLogger("webhookbus.spool")
@@ -98,6 +98,20 @@ def read_cursor(slot: Path) -> int:
         return int((slot / "cursor").read_text().strip() or 0)
     except (OSError, ValueError):
         return 0
+
+
+def write_cursor(slot: Path, acked_below: int) -> None:
+    tmp = slot / "cursor.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, str(acked_below).encode())
+        finally:
+            os.close(fd)
+        os.replace(tmp, slot / "cursor")
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a half-written file would hold on to the space it got
+        raise
 
 
 def slot_owner(slot: Path) -> int | None:
@@ -187,7 +201,10 @@ class Spool:
             self.slot, self._lock_fd = slot, fd
         else:
             raise SpoolError(f"spool slot {slot} is in use")
-        self._cursor_written = 0.0  # monotonic time of the last cursor write
+        self._cursor_written = 0.0  # monotonic time of the last cursor write (or attempt)
+        # One line while the disk refuses writes (ENOSPC, EIO), however many requests it refuses.
+        self.disk = Outage(log, "spool: the disk refuses writes; new requests get 503, accepted ones still drain",
+                           slot=str(self.slot))
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[_Append | None] = queue.SimpleQueue()
         self._queued_bytes = 0
@@ -298,9 +315,8 @@ class Spool:
                 view = view[os.write(fd, view):]
             os.fdatasync(fd)
         except Exception as exc:  # the disk (OSError), or a bug: either way the writer must go on
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else where(exc)
-            error = SpoolError(f"spool write failed: {reason}")
-            log.error("spool write failed", extra={"reason": reason, "slot": str(self.slot)})
+            error = SpoolError(f"spool write failed: {reason(exc)}")
+            self.disk.failed(exc)
             self._abandon_segment()
         with self._lock:
             self._queued_bytes -= sum(item.size for item in group)
@@ -315,6 +331,7 @@ class Spool:
         except RuntimeError:  # loop closed: nobody waits any more
             pass
         if error is None:
+            self.disk.cleared()
             if self._active_size >= self.segment_bytes:
                 self._roll()  # first: the forwarder woken next may release the whole segment
             self.on_durable()
@@ -409,28 +426,40 @@ class Spool:
         return records, missing
 
     def release(self, acked_below: int, final: bool = False) -> None:
-        """Everything below ``acked_below`` reached Kafka: record it and delete spent segments.
+        """Everything below ``acked_below`` reached Kafka: delete spent segments, record it.
 
-        The cursor file is rewritten at most every 100 ms (and when segments go, or when
-        ``final``): after a crash the last acked records are sent once more, never lost.
+        Segments go first: deleting needs no space, and on a full disk it is what frees
+        some.  The cursor file is rewritten at most every 100 ms (and when segments go, or
+        when ``final``); after a crash, or while the disk refuses the cursor, the last
+        acked records are sent once more, never lost.  Never raises: a forwarder thread
+        that died of a full disk would leave everything accepted stuck on it.
         """
         if acked_below > self.acked_below:
             self.acked_below = acked_below
         with self._lock:
             segments, active, next_seq = list(self._segments), self._active, self.next_seq
         spent = [s for s, end in zip(segments, segments[1:] + [next_seq]) if s != active and end <= self.acked_below]
-        if self.cursor_lags and (final or spent or not self.cursor_due_in()):
-            tmp = self.slot / "cursor.tmp"
-            tmp.write_text(str(self.acked_below))
-            os.replace(tmp, self.slot / "cursor")
-            self._cursor_on_disk, self._cursor_written = self.acked_below, time.monotonic()
         for first in spent:
             path = segment_path(self.slot, first)
-            size = path.stat().st_size
-            path.unlink()
+            try:
+                size = path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                size = 0
+            except OSError as exc:
+                self.disk.failed(exc)
+                break
             with self._lock:
                 self._segments.remove(first)
                 self.bytes -= size
+        if self.cursor_lags and (final or spent or not self.cursor_due_in()):
+            self._cursor_written = time.monotonic()
+            try:
+                write_cursor(self.slot, self.acked_below)
+            except OSError as exc:
+                self.disk.failed(exc)
+            else:
+                self._cursor_on_disk = self.acked_below
 
     @property
     def cursor_lags(self) -> bool:
