@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from webhookbus import log
-from webhookbus.config import Config, ConfigError, ServerSettings, Settings, load_config, load_settings, route_warnings
+from webhookbus.config import Config, ConfigError, Provider, ServerSettings, Settings, load_config, load_settings, route_warnings
 from webhookbus.plugin import installed_verifiers
 
 DEFAULT_CONFIG = "config/webhookbus.yaml"
@@ -116,13 +116,13 @@ def cmd_sign(args: argparse.Namespace) -> int:
                      "(a plugin offers one through the webhookbus.signers entry point)")
     if args.variant is not None and args.variant not in variants:
         return _fail(f"verifier {provider.settings.verifier!r} has variants: {', '.join(variants)}")
+    url = (args.url or base_url(config.settings.server)).rstrip("/")
     try:
         data = _read_data(args.data)
-        signed = sample_request(provider, data, args.variant)
+        signed = sample_request(provider, data, args.variant, public_url(config, provider, url))
     except ValueError as exc:
         return _fail(str(exc))
     assert signed is not None
-    url = (args.url or base_url(config.settings.server)).rstrip("/")
     print(f"# {provider.name}: {provider.settings.verifier}, variant {args.variant or next(iter(variants))} "
           f"of {', '.join(variants)}", file=sys.stderr)
     if not args.send:
@@ -220,6 +220,15 @@ def base_url(server: ServerSettings) -> str:
     return f"{'https' if server.tls else 'http'}://{f'[{host}]' if ':' in host else host}:{server.port}"
 
 
+def public_url(config: Config, provider: Provider, sent_to: str) -> str:
+    """The URL the listener will see a request to ``provider`` as (``InboundRequest.url``), sent to
+    base URL ``sent_to``: the configured public URL when there is one, else ``sent_to`` itself."""
+    from webhookbus.http.urls import configured_base
+
+    base = configured_base(config.settings.server, provider)
+    return base[0] + provider.path[len(base[1]):] if base is not None else sent_to + provider.path
+
+
 def _fail(message: str, code: int = 2) -> int:
     print(f"webhookbus: {message}", file=sys.stderr)
     return code
@@ -248,7 +257,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         exe = os.path.relpath(sys.argv[0]) if os.path.sep in sys.argv[0] else "webhookbus"
         print(f"broker on {broker.bootstrap}; listener on {url}\n")
         for provider in config.providers.values():
-            sample = sample_request(provider)
+            sample = sample_request(provider, url=public_url(config, provider, url))
             if sample is not None:
                 print(f"# {provider.name}; a freshly signed one (some schemes expire in seconds): "
                       f"{exe} sign --config {args.config} --provider {provider.name} --dev-secrets --send")
@@ -324,7 +333,15 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("--config", default=DEFAULT_CONFIG)
     status.add_argument("--directory", help="the spool directory (default: spool.directory from the config)")
     args = parser.parse_args(argv)
-    return int(args.handler(args))
+    try:
+        code = int(args.handler(args))
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # The reader left (`webhookbus tail ... | head`): that is how such a pipe ends, not an
+        # error worth a traceback.  Point stdout at /dev/null so the flush at exit fails no more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

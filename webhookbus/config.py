@@ -10,12 +10,14 @@ expected.  Environment variables ``WEBHOOKBUS_<SECTION>__<KEY>`` override the fi
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -103,6 +105,22 @@ def _kafka_topic(value: str) -> str:
 Topic = Annotated[str, AfterValidator(_kafka_topic)]
 
 
+def _public_url(value: str) -> str:
+    """An absolute http(s) URL with a host and nothing after the path: requests' paths go after it."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment or " " in value:
+        raise ValueError("must be an absolute http:// or https:// URL without ?query or #fragment")
+    return value.rstrip("/")
+
+
+PublicUrl = Annotated[str, AfterValidator(_public_url)]
+
+
+def _address_or_network(value: str) -> str:
+    ipaddress.ip_network(value, strict=False)  # ValueError names the bad value
+    return value
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -136,6 +154,13 @@ class ServerSettings(_Section):
     )
     tls: TlsSettings | None = None
     client_cert_header: ClientCertHeaderSettings | None = None
+    public_url: PublicUrl | None = Field(
+        None, description="The listener's public base URL (https://hooks.example.com): InboundRequest.url is it + the path."
+    )
+    trusted_proxies: list[Annotated[str, AfterValidator(_address_or_network)]] = Field(
+        default_factory=list,
+        description="Proxy addresses or networks whose X-Forwarded-Proto/X-Forwarded-Host give InboundRequest.url.",
+    )
 
     @field_validator("loop")
     @classmethod
@@ -208,6 +233,9 @@ def _flag(name: str, value: Any) -> bool:
 class ProviderSettings(_Section):
     verifier: str = Field(description="Name of an installed verifier plugin (see `webhookbus plugins`).")
     path: str = Field(pattern=r"^/", description="URL path; also serves sub-paths below it.")
+    public_url: PublicUrl | None = Field(
+        None, description="The public URL of this path as the provider calls it; overrides server.public_url."
+    )
     secrets: list[str] = Field(default_factory=list, description="env:NAME, file:/path; several during rotation.")
     options: dict[str, Any] = Field(default_factory=dict)
     publish_timeout: float | None = Field(None, gt=0, description="Overrides kafka.publish_timeout.")

@@ -4,23 +4,26 @@ A verifier is a class registered under the entry-point group ``webhookbus.verifi
 
     class MyVerifier:
         Options = MyOptions              # a pydantic model; unknown keys are config errors
+        methods = {"POST"}               # optional: the HTTP methods that reach verify (else 405)
 
         def __init__(self, options: MyOptions, secrets: Secrets) -> None: ...
 
-        def verify(self, request: InboundRequest) -> Accepted: ...   # or ``async def``
+        def verify(self, request: InboundRequest) -> Accepted | Reply: ...   # or ``async def``
 
 It is built once per configured provider, after config validation, and then called
 concurrently for every request on that provider's path, so it must not keep per-request
-state on ``self``.  ``verify`` either returns :class:`Accepted` (one or more events, and
-optionally the HTTP answer the provider expects) or raises one of the errors below; the
-listener turns each error into its HTTP status and a short JSON reason.  A ``detail`` is
-shown to the caller: never put a secret, a signature or a computed digest in it.
+state on ``self``.  ``verify`` returns :class:`Accepted` (one or more events, and optionally
+the HTTP answer the provider expects), returns :class:`Reply` (an answer and no events: a
+handshake or challenge), or raises one of the errors below; the listener turns each error
+into its HTTP status and a short JSON reason.  A ``detail`` is shown to the caller: never put
+a secret, a signature or a computed digest in it.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from urllib.parse import parse_qsl
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -45,7 +48,10 @@ class VerifierOptions(BaseModel):
 class InboundRequest:
     """One HTTP request as it arrived, before anything trusted it.  ``headers`` keys are
     lower-case (a repeated header keeps its first value); ``path`` is percent-decoded,
-    ``raw_path`` as sent, ``query`` raw; ``tls_peer`` is ``{"subject": ...}`` when known."""
+    ``raw_path`` as sent, ``query`` raw; ``tls_peer`` is ``{"subject": ...}`` when known.
+    ``url`` is the public URL the provider called (``scheme://host/raw_path?query``), for
+    schemes that sign it: from ``public_url`` in the config, or a trusted proxy's
+    ``X-Forwarded-Proto``/``X-Forwarded-Host``, or the listener's own scheme and ``Host``."""
 
     provider: str
     method: str
@@ -57,6 +63,7 @@ class InboundRequest:
     client: str | None = None
     tls_peer: Mapping[str, Any] | None = None
     raw_path: str = ""
+    url: str = ""
 
     @property
     def raw_target(self) -> str:
@@ -122,13 +129,27 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def parse_form(body: bytes) -> dict[str, str]:
+    """An ``application/x-www-form-urlencoded`` body as ``{name: value}``, UTF-8 decoded.
+    A name given twice is refused (which one did the sender mean?), as is anything that is not
+    ``name=value`` pairs joined by ``&``.  Raises :class:`ValueError`."""
+    pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body),
+                      errors="strict", max_num_fields=1000)
+    form = dict(pairs)
+    if len(form) != len(pairs):
+        raise ValueError("a form field is given twice")
+    return form
+
+
 # Built once: json.loads with options builds one per call.
 _STRICT_JSON = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite_float)
 
 
 @dataclass(frozen=True, slots=True)
 class Response:
-    """The HTTP answer a provider expects once its events are safely on Kafka."""
+    """An HTTP answer: ``Response(status, body, content_type)``, or built by :meth:`json` or
+    :meth:`text`.  In :class:`Accepted` it is sent once the events are safely on Kafka; in
+    :class:`Reply`, at once.  Its status must be 2xx: refusals are errors (below)."""
 
     status: int = 200
     body: bytes = b""
@@ -137,6 +158,10 @@ class Response:
     @classmethod
     def json(cls, payload: Any, status: int = 200) -> Response:
         return cls(status, json.dumps(payload, separators=(",", ":")).encode())
+
+    @classmethod
+    def text(cls, text: str, status: int = 200) -> Response:
+        return cls(status, text.encode(), "text/plain; charset=utf-8")
 
 
 class Accepted:
@@ -152,6 +177,18 @@ class Accepted:
         if not events:
             raise ValueError("Accepted needs at least one event")
         self.events, self.response = events, response
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An authentic request that carries no event, answered at once and published nowhere:
+    an endpoint check (Meta's ``hub.challenge``, Slack's ``url_verification``).  The request's
+    log line says ``reply: <what>`` and the listener counts replies apart from events.
+    Return it only for a request you have authenticated (or that proves nothing, like an
+    echo of an unsigned challenge): it reaches the provider's sender without Kafka's say."""
+
+    response: Response
+    what: str = "handshake"
 
 
 class WebhookError(Exception):
@@ -185,7 +222,12 @@ class Verifier(Protocol):
 
     Options: ClassVar[type[VerifierOptions]]
 
-    def verify(self, request: InboundRequest) -> Accepted | Awaitable[Accepted]: ...
+    def verify(self, request: InboundRequest) -> Accepted | Reply | Awaitable[Accepted | Reply]: ...
+
+
+def accepted_methods(verifier: object) -> frozenset[str]:
+    """The HTTP methods a verifier declares in ``methods`` (default: POST only)."""
+    return frozenset(method.upper() for method in getattr(verifier, "methods", ("POST",)))
 
 
 def installed_verifiers() -> dict[str, EntryPoint]:

@@ -1,4 +1,4 @@
-"""HMAC building blocks shared by every HMAC-style verifier (built-in or third-party).
+"""HMAC and token building blocks shared by every verifier (built-in or third-party).
 
 Each function is the one place where a subtle rule lives: comparisons are constant-time,
 a secret rotation means "any configured secret may match", and a timestamp tolerance
@@ -20,14 +20,17 @@ from typing import Literal
 from webhookbus.plugin import VerificationFailed
 
 Encoding = Literal["hex", "base64"]
+Digest = Literal["sha1", "sha256", "sha512"]
+"""The hash under the HMAC: sha256 by default; sha1 for GitHub's legacy ``X-Hub-Signature`` and
+other older vendors, sha512 for some newer ones."""
 
 matched_secret_index: ContextVar[int | None] = ContextVar("matched_secret_index", default=None)
 """Which secret of a rotation verified the current request: the listener puts it in the request's
 log line, so an operator sees when the old secret stops being used and can be removed."""
 
 
-def hmac_sha256(key: bytes, message: bytes) -> bytes:
-    return hmac.new(key, message, hashlib.sha256).digest()
+def hmac_digest(key: bytes, message: bytes, digest: Digest = "sha256") -> bytes:
+    return hmac.new(key, message, digest).digest()
 
 
 def decode_digest(text: str, encodings: Iterable[Encoding]) -> list[bytes]:
@@ -49,8 +52,9 @@ def decode_digest(text: str, encodings: Iterable[Encoding]) -> list[bytes]:
     return decoded
 
 
-def matching_secret(secrets: Sequence[bytes], message: bytes, candidates: Sequence[bytes]) -> int | None:
-    """Index of the first secret whose HMAC-SHA256 of ``message`` equals a candidate.
+def matching_secret(secrets: Sequence[bytes], message: bytes, candidates: Sequence[bytes],
+                    digest: Digest = "sha256") -> int | None:
+    """Index of the first secret whose HMAC (SHA-256 unless ``digest`` says) of ``message`` equals a candidate.
 
     Every candidate is compared in constant time; the index (never the value) is what a
     caller may log to show which secret of a rotation is still in use.
@@ -58,7 +62,7 @@ def matching_secret(secrets: Sequence[bytes], message: bytes, candidates: Sequen
     for index, secret in enumerate(secrets):
         if not secret:  # anybody can compute an HMAC under the empty key (config refuses one too)
             continue
-        expected = hmac_sha256(secret, message)
+        expected = hmac_digest(secret, message, digest)
         for candidate in candidates:
             if hmac.compare_digest(expected, candidate):
                 matched_secret_index.set(index)
@@ -66,14 +70,32 @@ def matching_secret(secrets: Sequence[bytes], message: bytes, candidates: Sequen
     return None
 
 
-def require_match(secrets: Sequence[bytes], message: bytes, candidates: Sequence[bytes]) -> int:
+def require_match(secrets: Sequence[bytes], message: bytes, candidates: Sequence[bytes],
+                  digest: Digest = "sha256") -> int:
     """:func:`matching_secret`, raising :class:`VerificationFailed` when nothing matches."""
     if not candidates:
         raise VerificationFailed("signature header is not a valid digest")
-    index = matching_secret(secrets, message, candidates)
+    index = matching_secret(secrets, message, candidates, digest)
     if index is None:
         raise VerificationFailed("signature does not match")
     return index
+
+
+def require_token(secrets: Sequence[bytes], presented: str | bytes | None, what: str = "token") -> int:
+    """Index of the secret equal to a static token the provider sends as is (GitLab's
+    ``X-Gitlab-Token``, Meta's ``hub.verify_token``), or :class:`VerificationFailed`.
+
+    Both sides are hashed before the constant-time compare, so neither the token's length nor
+    where it first differs shows in the timing; a ``str`` is taken as UTF-8.  ``what`` names
+    the token in the error (``"X-Gitlab-Token"``)."""
+    if not presented:
+        raise VerificationFailed(f"{what} is missing")
+    token = hashlib.sha256(presented.encode("utf-8", "surrogateescape") if isinstance(presented, str) else presented)
+    for index, secret in enumerate(secrets):
+        if secret and hmac.compare_digest(token.digest(), hashlib.sha256(secret).digest()):
+            matched_secret_index.set(index)
+            return index
+    raise VerificationFailed(f"{what} is wrong")
 
 
 def check_timestamp(raw: str, tolerance_seconds: float, now: float | None = None) -> int:

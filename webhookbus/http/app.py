@@ -24,8 +24,9 @@ from webhookbus.config import Config, Provider
 from webhookbus.delivery.delivery import Delivery, EventTooLarge, Refused
 from webhookbus.events import normalize
 from webhookbus.log import where
-from webhookbus.plugin import Accepted, InboundRequest, Response, WebhookError
+from webhookbus.plugin import Accepted, InboundRequest, Reply, Response, WebhookError, accepted_methods
 from webhookbus.delivery.publish import Publisher
+from webhookbus.http.urls import BadForwardedHeader, request_url, trusted
 from webhookbus.signing import matched_secret_index
 
 Scope = MutableMapping[str, Any]
@@ -67,6 +68,10 @@ class WebhookBus:
         # Longest path first, so /hooks/a/b wins over /hooks/a for /hooks/a/b/c.
         self._providers = sorted(config.providers.values(), key=lambda p: len(p.path), reverse=True)
         self._exact = {p.path: p for p in self._providers}
+        self._methods = {p.name: accepted_methods(p.verifier) for p in self._providers}
+        self._proxies = trusted(self.server)
+        self.replies: dict[str, int] = dict.fromkeys(config.providers, 0)
+        """Requests answered with a :class:`Reply` (handshakes, no events), per provider."""
         self._in_flight = 0
         # Request ids: a random prefix per process (the app is built after a worker forks) and
         # a counter; uuid4 reads os.urandom, a syscall per request that showed in profiles.
@@ -142,8 +147,10 @@ class WebhookBus:
         if provider is None:
             raise HttpError(404, "not_found", "no provider is configured at this path")
         fields["provider"] = provider.name
-        if scope["method"] != "POST":
-            raise HttpError(405, "method_not_allowed", "webhooks are delivered with POST", [(b"allow", b"POST")])
+        methods = self._methods[provider.name]
+        if scope["method"] not in methods:
+            allow = ", ".join(sorted(methods))
+            raise HttpError(405, "method_not_allowed", f"this path accepts {allow}", [(b"allow", allow.encode())])
         if self._in_flight >= self.server.max_in_flight:
             raise HttpError(503, "overloaded", "too many requests in flight", [(b"retry-after", b"1")])
         self._in_flight += 1
@@ -158,13 +165,17 @@ class WebhookBus:
         matched_secret_index.set(None)
         try:
             accepted = provider.verifier.verify(request)
-            if not isinstance(accepted, Accepted):  # an async verifier
+            if not isinstance(accepted, (Accepted, Reply)):  # an async verifier
                 accepted = await accepted
         except WebhookError as exc:
             self.audit.record(request, exc, fields["request_id"])
             raise
         finally:
             fields["secret_index"] = matched_secret_index.get()
+        if isinstance(accepted, Reply):  # a handshake: nothing to publish, nothing to wait for
+            fields["reply"] = accepted.what
+            self.replies[provider.name] += 1
+            return accepted.response
         several = len(accepted.events) > 1
         events = [normalize(request, provider.settings.verifier, event, index if several else None)
                   for index, event in enumerate(accepted.events)]
@@ -193,6 +204,10 @@ class WebhookBus:
             raise HttpError(413, "body_too_large", f"body exceeds {limit} bytes")
         body = await self._read_body(receive, limit, scope.get("http_version", "1.1"))
         client = scope.get("client")
+        try:
+            url = request_url(scope, headers, self.server, provider, self._proxies)
+        except BadForwardedHeader as exc:
+            raise HttpError(400, "bad_forwarded_header", str(exc)) from None
         return InboundRequest(
             provider=provider.name,
             method=scope["method"],
@@ -204,6 +219,7 @@ class WebhookBus:
             received_at=datetime.now(timezone.utc),
             client=f"{client[0]}:{client[1]}" if client else None,
             tls_peer=self._tls_peer(headers, client),
+            url=url,
         )
 
     async def _read_body(self, receive: Receive, limit: int, http_version: str) -> bytes:

@@ -22,6 +22,7 @@ import base64
 import functools
 import hashlib
 import hmac
+import inspect
 import json
 import os
 import shlex
@@ -41,12 +42,14 @@ SIGNER_ENTRY_POINT_GROUP = "webhookbus.signers"
 
 
 class SignedRequest(NamedTuple):
-    """What a provider would send: ``path`` includes any ``?query``; header names as the provider writes them."""
+    """What a provider would send: ``path`` includes any ``?query``; header names as the provider writes them.
+    ``url`` is the public URL it was signed for, when the scheme signs one (else the listener's is assumed)."""
 
     method: str
     path: str
     headers: dict[str, str]
     body: bytes
+    url: str = ""
 
     def curl(self, base_url: str) -> str:
         """A shell-ready ``curl`` command posting this request to ``base_url`` (scheme://host:port)."""
@@ -63,6 +66,7 @@ class SignedRequest(NamedTuple):
             provider=provider, method=self.method, path=unquote(raw_path), query=query, raw_path=raw_path,
             headers={name.lower(): value for name, value in self.headers.items()}, body=self.body,
             received_at=received_at or datetime.now(timezone.utc), client="127.0.0.1:40000", tls_peer=tls_peer,
+            url=self.url or f"http://127.0.0.1:8080{self.path}",
         )
 
 
@@ -384,9 +388,12 @@ def signers_for(verifier: str) -> dict[str, Signer]:
     return {}
 
 
-def sample_request(provider: Provider, data: Any = None, variant: str | None = None) -> SignedRequest | None:
+def sample_request(provider: Provider, data: Any = None, variant: str | None = None,
+                   url: str | None = None) -> SignedRequest | None:
     """A request signed for ``provider`` with its first secret, or None if no signer is known.
 
+    ``url`` is the public URL the request will be verified at (``InboundRequest.url`` of the
+    listener), passed to a signer that takes a ``url`` keyword: a URL-signing scheme signs it.
     Raises ``KeyError`` for an unknown variant and ``ValueError`` when a secret cannot be read.
     """
     signers = signers_for(provider.settings.verifier)
@@ -395,4 +402,6 @@ def sample_request(provider: Provider, data: Any = None, variant: str | None = N
     signer = signers[variant] if variant is not None else next(iter(signers.values()))
     secrets = provider.settings.secrets
     secret = bytes(resolve_secret(secrets[0])) if secrets else b""
+    if url is not None and "url" in inspect.signature(signer).parameters:
+        return signer(provider.options, secret, provider.path, data, url=url)
     return signer(provider.options, secret, provider.path, data)
