@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= config/webhookbus.yaml
 
-.PHONY: run test install check bench bench-deps chaos clean
+.PHONY: run test test-deps install check bench bench-deps chaos clean
 
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,12 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/webhookbus dev --config $(CONFIG)
 
-test: $(STAMP)
+test: $(STAMP) test-deps
 	$(BIN)/python -m pytest -q
+
+# Debian's redis-server: the Redis dedup store's tests start their own (make run needs none).
+test-deps:
+	@command -v redis-server >/dev/null || { apt-get update -q && apt-get install -y -q --no-install-recommends redis-server; }
 
 check: $(STAMP)
 	$(BIN)/webhookbus check --config $(CONFIG)

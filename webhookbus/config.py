@@ -248,6 +248,9 @@ class ProviderSettings(_Section):
     dedup_window: Duration = Field(
         72 * 3600.0, ge=0, description="How long a provider event id is remembered: seconds or '72h', '30m'; 0 is off."
     )
+    on_dedup_unavailable: Literal["publish", "reject"] = Field(
+        "publish", description="A Redis dedup store that does not answer: publish anyway (at least once) or 503 + Retry-After."
+    )
 
     @field_validator("secrets", mode="before")
     @classmethod
@@ -289,6 +292,36 @@ class SpoolSettings(_Section):
     dedup_max_entries: int = Field(500_000, gt=0, description="Event ids remembered (about 100 bytes of memory each).")
 
 
+class DedupSettings(_Section):
+    """Where accepted event ids are remembered: this process's spool slot, or a Redis every
+    worker and instance shares (README, "Running several instances")."""
+
+    store: str = Field("local", description="local, or redis://host:port/db (rediss:// for TLS); no password in it.")
+    password: str | None = Field(None, description="Redis password: env:NAME or file:/path.")
+    username: str | None = Field(None, description="Redis ACL user name.")
+    ca_certs: str | None = Field(None, description="CA bundle for rediss:// (default: the system's).")
+    timeout: float = Field(0.25, gt=0, description="Seconds per Redis call (at most a quarter of publish_timeout).")
+    claim_ttl: Duration = Field(
+        30.0, gt=0, description="An id in flight is let go this long after its process stopped renewing it (died)."
+    )
+
+    @field_validator("store")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if value == "local":
+            return value
+        from urllib.parse import urlsplit
+
+        url = urlsplit(value)
+        if url.scheme not in ("redis", "rediss") or not url.hostname:
+            raise ValueError("expected local, redis://host:port/db or rediss://host:port/db")
+        if url.password is not None:
+            raise ValueError("the URL must not carry a password: put it in dedup.password as env:NAME or file:/path")
+        if importlib.util.find_spec("redis") is None:
+            raise ValueError("the redis package is not installed: pip install 'webhookbus[redis]'")
+        return value
+
+
 class AuditSettings(_Section):
     topic: Topic | None = Field(None, description="Topic for rejected (401) requests; unset turns the audit off.")
     max_per_second: float = Field(10.0, gt=0, description="Audit events per second; the rest are counted and dropped.")
@@ -309,6 +342,7 @@ class Settings(BaseSettings):
     routes: list[RouteSettings] = Field(default_factory=list)
     unrouted: UnroutedSettings = UnroutedSettings()
     spool: SpoolSettings = SpoolSettings()
+    dedup: DedupSettings = DedupSettings()
     audit: AuditSettings = AuditSettings()
 
     @field_validator("providers")
@@ -353,6 +387,7 @@ class Config:
     providers: dict[str, Provider]
     source: str = "<config>"
     warnings: list[str] = field(default_factory=list)
+    dedup_password: Secret | None = None
 
     def publish_timeout(self, provider: str) -> float:
         own = self.providers[provider].settings.publish_timeout
@@ -425,8 +460,8 @@ class _Errors:
 
 
 def _may_be_secret(loc: Loc) -> bool:
-    """A value under ``secrets`` or ``kafka.producer`` (SASL/SSL passwords) is never echoed."""
-    return "secrets" in loc or loc[:2] == ("kafka", "producer")
+    """A value under ``secrets`` or ``kafka.producer`` (SASL/SSL passwords), or Redis's, is never echoed."""
+    return "secrets" in loc or loc[:2] == ("kafka", "producer") or loc[:2] in {("dedup", "password"), ("dedup", "store")}
 
 
 def _read(path: str | os.PathLike[str]) -> str:
@@ -458,8 +493,14 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     raw, errors = _parse_yaml(text, source)
     settings = _settings(raw, errors, source)
     providers, warnings = _load_providers(settings, errors)
+    dedup_password = None
+    if settings.dedup.password is not None:
+        try:
+            dedup_password = resolve_secret(settings.dedup.password)
+        except ValueError as exc:
+            errors.add(("dedup", "password"), str(exc))
     errors.raise_if_any()
-    return Config(settings=settings, providers=providers, source=source, warnings=warnings)
+    return Config(settings=settings, providers=providers, source=source, warnings=warnings, dedup_password=dedup_password)
 
 
 def _parse_yaml(text: str, source: str) -> tuple[dict[str, Any], _Errors]:

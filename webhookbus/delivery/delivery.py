@@ -11,20 +11,23 @@ without publishing if the first succeeded, and tried afresh if the first failed.
 request answered 503 at the deadline (``on_broker_timeout: reject``, or a full spool) may
 have left its messages with the producer: they can still land, so the id stays claimed
 until they are answered for, and remembered if they land.  Meanwhile a retry waits at most ``publish_timeout`` and is answered 503 again
-rather than sending a second copy.  README, "What a 2xx means", states the guarantees.
+rather than sending a second copy.  The claims live in this process (:class:`LocalClaims`) or
+in a Redis shared by every instance (:mod:`.redis_claims`); when Redis cannot answer, the
+provider's ``on_dedup_unavailable`` publishes without dedup (at least once) or answers 503.
+README, "What a 2xx means", states the guarantees.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
 from webhookbus.config import Config, Provider
-from webhookbus.delivery.dedup import DedupStore, dedup_key
+from webhookbus.delivery.claims import Claim, Claims, DedupUnavailable, StillInFlight, open_claims
+from webhookbus.delivery.dedup import dedup_key
 from webhookbus.events import CloudEvent
 from webhookbus.delivery.forward import Forwarder
 from webhookbus.delivery.publish import PublishFailed, Publisher
@@ -56,7 +59,7 @@ KAFKA_MAX_REQUEST_SIZE = 1_048_576
 
 
 class Delivery:
-    """Owns the publisher, the spool with its forwarder, and the dedup store of one process.
+    """Owns the publisher, the spool with its forwarder, and the claims on event ids of one process.
 
     ``start`` and ``close`` run at lifespan startup and shutdown; ``accept`` is awaited by
     request handlers, all on the event loop's thread.
@@ -67,24 +70,24 @@ class Delivery:
         self.settings = config.settings
         self.publisher = publisher or Publisher(config.settings.kafka)
         self.spool: Spool | None = None
-        self.dedup: DedupStore | None = None
+        self.claims: Claims | None = None
         self.forwarder: Forwarder | None = None
         self.adopted: list[Forwarder] = []
-        self._claims: dict[bytes, asyncio.Future[bool]] = {}
         self._max_record = config.settings.kafka.producer.get("max_request_size", KAFKA_MAX_REQUEST_SIZE)
 
     def start(self) -> None:
         """Open the spool (resuming what a previous run left) and start the threads."""
         spool = self.settings.spool
         self.spool = Spool(spool.directory, spool.max_bytes, spool.segment_bytes)
-        self.dedup = DedupStore(self.spool.slot, spool.dedup_max_entries)
+        self.claims = open_claims(self.config, self.spool.slot)
         self.spool.start()
         self.publisher.start()
         window = min(2000, max(1, self.settings.kafka.max_in_flight_records // 2))
         self.forwarder = Forwarder(self.spool, self.publisher, batch_records=min(500, window), window=window)
         self.forwarder.start()
         log.info("spool open", extra={"slot": str(self.spool.slot), "records_to_forward": self.spool.depth(),
-                                      "event_ids_remembered": len(self.dedup)})
+                                      "event_ids_remembered": self.claims.remembered(),
+                                      "dedup_store": "local" if self.settings.dedup.store == "local" else "redis"})
         for slot in slots_with_records(spool.directory):
             if slot == self.spool.slot:
                 continue
@@ -105,8 +108,8 @@ class Delivery:
         for forwarder in forwarders:
             await asyncio.to_thread(forwarder.stop, timeout)
         await self.publisher.close(timeout)
-        if self.dedup is not None:  # after the publisher: a late ack still marks its event
-            self.dedup.close()
+        if self.claims is not None:  # after the publisher: a late ack still marks its event
+            await self.claims.close()
         for forwarder in forwarders:  # unlock last: another process may take the slots over
             forwarder.spool.close()
         if self.spool is not None:
@@ -115,64 +118,59 @@ class Delivery:
     async def accept(self, provider: Provider, given_ids: Sequence[str | None], events: Sequence[CloudEvent],
                      fields: dict[str, Any]) -> None:
         """Return when the events may be answered 2xx; raise :class:`Refused` when not."""
-        assert self.dedup is not None, "Delivery.start() was not called"
         window = provider.settings.dedup_window
         keys = [dedup_key(provider.name, event.id) if window and given is not None else None
                 for given, event in zip(given_ids, events)]
-        await self._wait_for_earlier_copies(provider, keys)
-        now = time.time()
-        fresh = [i for i, key in enumerate(keys) if key is None or not self.dedup.seen(key, now)]
-        if len(fresh) < len(events):
-            fields["duplicates"] = [events[i].id for i in range(len(events)) if i not in fresh]
-            if not fresh:
-                return
-        messages = [message for i in fresh for message in messages_for(self.settings, events[i])]
-        if any(size_bound(message) > self._max_record for message in messages):
-            raise EventTooLarge(f"the event's Kafka record would exceed max_request_size ({self._max_record} bytes)")
-        fields["topics"] = sorted({m.topic for m in messages})
-        if not messages:
-            fields["unrouted"] = True
-        claimed = [key for i in fresh if (key := keys[i]) is not None]
-        claim = asyncio.get_running_loop().create_future() if claimed else None
-        for key in claimed:
-            self._claims[key] = claim  # type: ignore[assignment]
+        claim = await self._claim(provider, [key for key in keys if key is not None], window, fields)
         accepted, late = False, None
         try:
+            fresh = [i for i, key in enumerate(keys) if claim is None or key not in claim.duplicates]
+            if len(fresh) < len(events):
+                fields["duplicates"] = [events[i].id for i in range(len(events)) if i not in fresh]
+                if not fresh:
+                    return
+            messages = [message for i in fresh for message in messages_for(self.settings, events[i])]
+            if any(size_bound(message) > self._max_record for message in messages):
+                raise EventTooLarge(f"the event's Kafka record would exceed max_request_size ({self._max_record} bytes)")
+            fields["topics"] = sorted({m.topic for m in messages})
+            if not messages:
+                fields["unrouted"] = True
             await self._store(provider, messages, fields)
             accepted = True
         except Refused as refused:
             late = refused.in_flight
             raise
         finally:
-            if claim is not None:
-                settle = partial(self._settle_claim, claimed, claim, expires=now + window)
+            if claim is not None and claim.held:
+                assert self.claims is not None
+                settle = partial(self.claims.settle, claim)
                 if late is None:
                     settle(accepted)
                 else:
                     self.publisher.when_done(late, lambda batch: settle(not batch.failed))
 
-    async def _wait_for_earlier_copies(self, provider: Provider, keys: list[bytes | None]) -> None:
-        """Wait while a request for the same event is in flight, to learn its outcome.
+    async def _claim(self, provider: Provider, keys: list[bytes], window: float, fields: dict[str, Any]) -> Claim | None:
+        """Claim the event ids, waiting while a request for the same event is in flight, to learn its outcome.
 
         With ``ack: broker`` an earlier copy may be in flight long after its own deadline (see
         the module docstring): give up at ours and answer 503 rather than send a second copy.
+        None: nothing to claim, or a shared store that cannot tell and a provider that publishes anyway.
         """
-        bounded = provider.settings.ack == "broker"
+        assert self.claims is not None, "Delivery.start() was not called"
+        if not keys:
+            return None
         timeout = self.config.publish_timeout(provider.name)
-        while waits := {self._claims[key] for key in keys if key is not None and key in self._claims}:
-            done, _ = await asyncio.wait(waits, timeout=timeout if bounded else None)
-            if not done:
-                raise Refused("broker_unavailable", "an earlier copy of this event is not acknowledged yet",
-                              max(1, round(timeout)))
-
-    def _settle_claim(self, keys: list[bytes], claim: asyncio.Future[bool], accepted: bool, expires: float) -> None:
-        if accepted:
-            assert self.dedup is not None
-            self.dedup.mark(keys, expires)
-        for key in keys:
-            if self._claims.get(key) is claim:
-                del self._claims[key]
-        claim.set_result(accepted)
+        try:
+            return await self.claims.claim(provider.name, keys, window,
+                                           wait=timeout if provider.settings.ack == "broker" else None)
+        except StillInFlight:
+            raise Refused("broker_unavailable", "an earlier copy of this event is not acknowledged yet",
+                          max(1, round(timeout))) from None
+        except DedupUnavailable as exc:
+            fields["dedup_unavailable"] = exc.reason
+            if provider.settings.on_dedup_unavailable == "reject":
+                raise Refused("dedup_unavailable", "the dedup store does not answer", max(1, round(timeout))) from None
+            return None
 
     async def _store(self, provider: Provider, messages: list[KafkaMessage], fields: dict[str, Any]) -> None:
         if not messages:

@@ -4,6 +4,8 @@
 - ``own_broker``: a broker for one test that may stop and restart it.
 - ``webhookbus_listener``: a factory; ``webhookbus_listener(config_dict)`` starts a listener
   on the session broker (or ``bootstrap=``) and stops it after the test.
+- ``redis_server``: one real Redis (Debian's ``redis-server``) for the whole session; ``own_redis``:
+  one for a test that may kill, pause or restart it (a :class:`RedisServer`).
 - ``topic_name``: a fresh topic name per call, so tests never read each other's records.
 - ``read_events``: ``read_events(topic, count, timeout=10.0)`` waits for ``count`` messages on a
   topic of the session broker and returns them decoded as CloudEvents (fewer after ``timeout``).
@@ -19,6 +21,7 @@ import pytest
 
 from webhookbus.testing.broker import Broker, read_topic, to_cloudevent
 from webhookbus.testing.listener import Listener
+from webhookbus.testing.redis import RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +36,20 @@ def own_broker() -> Iterator[Broker]:
     broker = Broker().start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -1,0 +1,138 @@
+"""Several webhookbus processes, one Redis: a provider's retry is published once whichever
+process it reaches, and a Redis outage costs what ``on_dedup_unavailable`` says, never an
+event answered 2xx.  Real processes (separate spools), a real broker, a real redis-server."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from webhookbus.plugin import installed_verifiers
+from webhookbus.testing import post, read_topic, to_cloudevent
+from webhookbus.testing.process import ServerProcess
+from webhookbus.testing.samples import SignedRequest, signers_for
+
+SECRETS = {"uip": "uip-redis-test-secret", "zignsec": "zignsec-redis-test-secret", "authgear": "authgear-redis-test-secret"}
+
+
+def settings(topic: str, store: str, **provider: Any) -> dict[str, Any]:
+    return {
+        "kafka": {"publish_timeout": 2.0},
+        "dedup": {"store": store, "timeout": 0.2},
+        "providers": {name: {"verifier": name, "path": f"/webhooks/{name}", "secrets": [f"literal:{secret}"], **provider}
+                      for name, secret in SECRETS.items()},
+        "routes": [{"topic": topic}],
+    }
+
+
+def sign(provider: str, data: dict[str, Any]) -> SignedRequest:
+    """A fresh signature each call (a retry is signed again: new timestamps), the same event."""
+    options = installed_verifiers()[provider].load().Options()
+    signer = next(iter(signers_for(provider).values()))
+    return signer(options, SECRETS[provider].encode(), f"/webhooks/{provider}", data)
+
+
+def uip(audit_id: str) -> tuple[str, dict[str, Any], str]:
+    return "uip", {"event": "identify", "data": {"uip_id": "uip_7", "audit_id": audit_id}}, audit_id
+
+
+def zignsec(session: str, status: str) -> tuple[str, dict[str, Any], str]:
+    data = {"event": "session_updated", "id": session, "result": {"status": status, "errors": []}}
+    return "zignsec", data, f"{session}:{status}"
+
+
+def authgear(event_id: str) -> tuple[str, dict[str, Any], str]:
+    data = {"id": event_id, "seq": 1, "type": "user.created", "payload": {"user": {"id": "user-1"}},
+            "context": {"timestamp": int(time.time()), "user_id": "user-1"}}
+    return "authgear", data, event_id
+
+
+def send(instance: ServerProcess, provider: str, data: dict[str, Any]) -> int:
+    request = sign(provider, data)
+    return post(instance.port, request.path, request.body, request.headers).status
+
+
+def published(bootstrap: str, topic: str, at_least: int, timeout: float = 30.0) -> Counter[str]:
+    """Event ids on ``topic`` with how often each arrived; waits for ``at_least``, then a moment more."""
+    records = read_topic(bootstrap, topic, at_least, timeout)
+    records += read_topic(bootstrap, topic, len(records) + 1, 1.5)[len(records):]
+    return Counter(to_cloudevent(record).get_id() for record in records)
+
+
+@pytest.fixture
+def instances(tmp_path: Path, kafka_broker, redis_server, topic_name):  # type: ignore[no-untyped-def]
+    started: list[ServerProcess] = []
+
+    def start(count: int, store: str | None = None, **provider: Any) -> tuple[str, list[ServerProcess]]:
+        topic = topic_name("multi")
+        for n in range(count):
+            instance = ServerProcess(settings(topic, store or redis_server.url, **provider), kafka_broker.bootstrap,
+                                     tmp_path / f"instance-{len(started)}")
+            started.append(instance.start())
+        return topic, started[-count:]
+
+    yield start
+    for instance in started:
+        instance.stop()
+
+
+def test_a_retry_sent_to_the_other_instance_is_published_once(instances, kafka_broker):
+    topic, (a, b) = instances(2)
+    assert {a.directory / "spool"} != {b.directory / "spool"}
+    run = uuid.uuid4().hex[:8]
+    events = [uip(f"aud-{run}"), zignsec(f"ses-{run}", "Pending"), zignsec(f"ses-{run}", "Finished"),
+              authgear(f"ag-{run}")]
+    for provider, data, _ in events:
+        assert send(a, provider, data) == 200
+        assert send(b, provider, data) == 200, "the retry reached the other instance"
+        assert send(a, provider, data) == 200
+    counts = published(kafka_broker.bootstrap, topic, len(events))
+    assert counts == Counter({event_id: 1 for _, _, event_id in events}), \
+        "each event once: UIP's audit_id, ZignSec's id:status (two statuses, two events), Authgear's id"
+    log = b.log_path.read_text()
+    assert '"duplicates"' in log and '"dedup_store": "redis"' in log
+
+
+def test_copies_racing_on_both_instances_are_published_once(instances, kafka_broker):
+    topic, (a, b) = instances(2)
+    run = uuid.uuid4().hex[:8]
+    events = [uip(f"race-{run}-{n}") for n in range(10)]
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda job: send(job[0], "uip", job[1][1]),
+                                 [(instance, event) for event in events for instance in (a, b, a, b)]))
+    assert statuses == [200] * len(statuses)
+    assert published(kafka_broker.bootstrap, topic, len(events)) == Counter({e[2]: 1 for e in events})
+
+
+def test_the_local_store_publishes_a_retry_that_reached_another_instance_again(instances, kafka_broker):
+    """Why the Redis store exists: what the README's "Running several instances" warns about."""
+    topic, (a, b) = instances(2, store="local")
+    provider, data, event_id = uip(f"local-{uuid.uuid4().hex[:8]}")
+    assert send(a, provider, data) == 200 and send(b, provider, data) == 200
+    assert published(kafka_broker.bootstrap, topic, 2) == Counter({event_id: 2})
+
+
+def test_two_workers_share_the_redis_store(tmp_path, kafka_broker, redis_server, topic_name):
+    topic = topic_name("workers")
+    config = settings(topic, redis_server.url)
+    config["server"] = {"workers": 2}
+    server = ServerProcess(config, kafka_broker.bootstrap, tmp_path).start()
+    try:
+        run = uuid.uuid4().hex[:8]
+        events = [uip(f"w-{run}-{n}") for n in range(10)] + [authgear(f"wag-{run}-{n}") for n in range(5)]
+        for provider, data, _ in events * 3:  # a fresh connection each: spread over both workers
+            assert send(server, provider, data) == 200
+        assert published(kafka_broker.bootstrap, topic, len(events)) == Counter({e[2]: 1 for e in events})
+        lines = [json.loads(line) for line in server.log_path.read_text().splitlines() if '"request"' in line]
+        # A request id starts with 20 hex digits of its process: duplicates were found by both workers.
+        assert len({line["request_id"][:20] for line in lines if "duplicates" in line}) == 2
+        assert len(list((tmp_path / "spool").iterdir())) == 2, "two workers, two spool slots, one dedup store"
+    finally:
+        server.stop()

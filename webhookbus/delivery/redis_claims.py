@@ -1,0 +1,183 @@
+"""Claims shared through Redis, so a provider's retry that reaches another worker or instance
+is still a duplicate (``dedup.store: redis://host:port/db``).
+
+Each key, ``webhookbus:dedup:<provider>:<hex of dedup_key>``, is absent, ``a`` (accepted:
+expires with the provider's window) or a claim token (in flight: expires after
+``dedup.claim_ttl`` unless this process renews it, so a claim of a process that died is not
+held for ever).  A request's keys are claimed by one script, atomically: if another token
+holds any of them nothing is claimed and the request polls until they are settled (as
+:class:`~webhookbus.delivery.claims.LocalClaims` waits on a future).  The scripts are
+idempotent, so redis-py may repeat one once on a broken connection (a Redis restart).
+
+Every call has a deadline well inside ``publish_timeout``; a failed call marks the store
+down for a second, so an outage costs each request nothing more than that second's checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from webhookbus.config import DedupSettings, Secret
+from webhookbus.delivery.claims import Claim, DedupUnavailable, StillInFlight
+
+log = logging.getLogger("webhookbus.dedup")
+T = TypeVar("T")
+
+ACCEPTED = b"a"
+
+# KEYS: the ids; ARGV: token, in-flight ms.  Returns 0 when another request holds a key
+# (nothing claimed), else 1 (duplicate) or 0 (claimed) per key.  A key already holding
+# this token is ours: the script ran before a connection broke and redis-py repeated it.
+_CLAIM = """
+for _, key in ipairs(KEYS) do
+  local value = redis.call('GET', key)
+  if value and value ~= 'a' and value ~= ARGV[1] then return 0 end
+end
+local states = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == 'a' then states[i] = 1
+  else redis.call('SET', key, ARGV[1], 'PX', ARGV[2]); states[i] = 0 end
+end
+return states
+"""
+
+# KEYS: the ids; ARGV: token, 1 (accepted) or 0, window ms.
+_SETTLE = """
+for _, key in ipairs(KEYS) do
+  if ARGV[2] == '1' then redis.call('SET', key, 'a', 'PX', ARGV[3])
+  elseif redis.call('GET', key) == ARGV[1] then redis.call('DEL', key) end
+end
+return 1
+"""
+
+# KEYS: ids; ARGV: in-flight ms, then one token per key.
+_RENEW = """
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[i + 1] then redis.call('PEXPIRE', key, ARGV[1]) end
+end
+return 1
+"""
+
+DOWN_FOR = 1.0  # seconds a failed call marks the store down: requests do not queue on a dead address
+
+
+class RedisClaims:
+    """One process's client of the shared store; ``deadline`` bounds every call (seconds)."""
+
+    def __init__(self, settings: DedupSettings, password: Secret | None, deadline: float) -> None:
+        self.deadline = deadline
+        self.claim_ttl_ms = max(1, int(settings.claim_ttl * 1000))
+        tls = {"ssl_ca_certs": settings.ca_certs} if settings.ca_certs else {}
+        self.redis = Redis.from_url(
+            settings.store, password=password.decode() if password else None, username=settings.username,
+            socket_timeout=deadline, socket_connect_timeout=deadline,
+            retry=Retry(NoBackoff(), 1),  # once, at once: a connection Redis closed is replaced
+            **tls)
+        self.where = settings.store.split("//", 1)[-1]
+        self._claim = self.redis.register_script(_CLAIM)
+        self._settle = self.redis.register_script(_SETTLE)
+        self._renew = self.redis.register_script(_RENEW)
+        self._tokens = map(f"{secrets.token_hex(8)}-{{:x}}".format, itertools.count())
+        self._held: dict[str, Claim] = {}  # token -> claim, renewed until settled
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._renewer: asyncio.Task[None] | None = None
+        self._down_until = 0.0
+        self._down_reason = ""
+        self.unavailable = 0
+
+    def _key(self, provider: str, key: bytes) -> str:
+        return f"webhookbus:dedup:{provider}:{key.hex()}"
+
+    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+        if time.monotonic() < self._down_until:
+            self.unavailable += 1
+            raise DedupUnavailable(self._down_reason)
+        try:
+            async with asyncio.timeout(self.deadline * 2):  # connect + command, each bounded by the socket timeouts
+                result = await call()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.unavailable += 1
+            reason = f"redis at {self.where}: {type(exc).__name__}" + (f": {exc}" if str(exc) and "pass" not in str(exc).lower() else "")
+            if not self._down_until:
+                log.error("dedup store unavailable", extra={"reason": reason, "down_for_s": DOWN_FOR})
+            self._down_until, self._down_reason = time.monotonic() + DOWN_FOR, reason
+            raise DedupUnavailable(reason) from None
+        if self._down_until:
+            log.warning("dedup store reachable again", extra={"store": f"redis at {self.where}"})
+            self._down_until = 0.0
+        return result
+
+    async def claim(self, provider: str, keys: Sequence[bytes], window: float, wait: float | None) -> Claim:
+        if self._renewer is None:
+            self._renewer = asyncio.get_running_loop().create_task(self._renew_held())
+        token = next(self._tokens)
+        names = [self._key(provider, key) for key in keys]
+        give_up = None if wait is None else time.monotonic() + wait
+        pause = 0.005
+        while True:
+            states = await self._call(lambda: self._claim(keys=names, args=[token, self.claim_ttl_ms]))
+            if states != 0:
+                break
+            if give_up is not None and time.monotonic() + pause > give_up:
+                raise StillInFlight()
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.1)
+        duplicates = frozenset(key for key, state in zip(keys, states) if state == 1)
+        claim = Claim([key for key in keys if key not in duplicates], duplicates, provider,
+                      time.time() + window, token=token)
+        if claim.held:
+            self._held[token] = claim
+        return claim
+
+    def settle(self, claim: Claim, accepted: bool) -> None:
+        if self._held.pop(claim.token, None) is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._settle_now(claim, accepted))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _settle_now(self, claim: Claim, accepted: bool) -> None:
+        names = [self._key(claim.provider, key) for key in claim.held]
+        window_ms = max(1, int((claim.expires - time.time()) * 1000))
+        try:
+            await self._call(lambda: self._settle(keys=names, args=[claim.token, int(accepted), window_ms]))
+        except DedupUnavailable as exc:
+            # Accepted: a retry within the claim's TTL still waits, then may publish a second copy.
+            # Released: the claim expires after dedup.claim_ttl, delaying a retry until then.
+            log.warning("dedup store: could not settle a claim", extra={"reason": exc.reason, "accepted": accepted})
+
+    async def _renew_held(self) -> None:
+        """Keep the claims of requests still in flight (a late ack can take minutes) from expiring."""
+        while True:
+            await asyncio.sleep(self.claim_ttl_ms / 3000)
+            held = list(self._held.values())
+            if not held:
+                continue
+            names = [self._key(claim.provider, key) for claim in held for key in claim.held]
+            tokens = [claim.token for claim in held for _ in claim.held]
+            try:
+                await self._call(lambda: self._renew(keys=names, args=[self.claim_ttl_ms, *tokens]))
+            except DedupUnavailable:
+                pass  # logged by _call; the next round tries again
+
+    def remembered(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+        # Claims still held (an outcome nobody learnt) are left to expire after dedup.claim_ttl.
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self.deadline * 4)
+        await self.redis.aclose()
