@@ -27,7 +27,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from webhookbus.events import CloudEvent
-from webhookbus.plugin import Verifier, VerifierOptions, installed_verifiers, verifier_name_clashes
+from webhookbus.plugin import Decides, Verifier, VerifierOptions, installed_verifiers, verifier_name_clashes
 
 Loc = tuple[str | int, ...]
 
@@ -149,6 +149,10 @@ class ServerSettings(_Section):
     max_in_flight: int = Field(1024, gt=0, description="Concurrent requests beyond this get 503.")
     graceful_timeout: float = Field(10.0, ge=0, description="Seconds in-flight requests get after SIGTERM.")
     workers: int = Field(1, ge=1)
+    instance: int = Field(
+        0, ge=0, description="This instance's number when several run one config: its processes read reply "
+                             "partitions instance*workers to instance*workers+workers-1 (routes' reply)."
+    )
     loop: Literal["auto", "asyncio", "uvloop"] = Field(
         "auto", description="Event loop; auto: uvloop when installed (pip install 'webhookbus[fast]'), else asyncio's."
     )
@@ -258,6 +262,20 @@ class ProviderSettings(_Section):
         return [value] if isinstance(value, str) else value
 
 
+class ReplySettings(_Section):
+    """A Kafka consumer decides what a provider waiting for an answer gets (Authgear's blocking
+    events): see :mod:`webhookbus.delivery.replies`."""
+
+    topic: Topic = Field(description="Where the deciding consumer replies; each listener process reads a partition.")
+    timeout: float = Field(
+        2.0, gt=0, description="Seconds from the request's arrival to wait for a reply; below the provider's deadline."
+    )
+    fallback: Literal["static"] | dict[str, Any] = Field(
+        "static", description="No valid reply in time: static (the provider's configured answer) or an answer, "
+                              "e.g. {is_allowed: false, title: ..., reason: ...}."
+    )
+
+
 class RouteSettings(_Section):
     name: str | None = None
     provider: str = Field("*", description="Provider name (glob).")
@@ -267,6 +285,7 @@ class RouteSettings(_Section):
     key: str = Field("subject", description="Message key: an attribute or a dotted 'data.' field.")
     mode: Literal["structured", "binary"] = "structured"
     include_raw_body: bool = False
+    reply: ReplySettings | None = Field(None, description="Hold the request until a Kafka consumer replies.")
 
     @field_validator("type", mode="before")
     @classmethod
@@ -499,6 +518,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
             dedup_password = resolve_secret(settings.dedup.password)
         except ValueError as exc:
             errors.add(("dedup", "password"), str(exc))
+    _check_replies(settings, providers, errors)
     errors.raise_if_any()
     return Config(settings=settings, providers=providers, source=source, warnings=warnings, dedup_password=dedup_password)
 
@@ -583,6 +603,44 @@ def _load_providers(settings: Settings, errors: _Errors) -> tuple[dict[str, Prov
             continue
         providers[name] = Provider(name, provider, verifier, options)
     return providers, warnings
+
+
+def _check_replies(settings: Settings, providers: dict[str, Provider], errors: _Errors) -> None:
+    """A route's ``reply`` needs a provider that waits for a decision, a timeout below that
+    provider's own deadline (past it the provider has given up: the answer would fail the user's
+    operation), and a fallback the provider accepts for any of its events."""
+    from fnmatch import fnmatchcase
+
+    for index, route in enumerate(settings.routes):
+        if route.reply is None:
+            continue
+        loc: Loc = ("routes", index, "reply")
+        deciders = [p for p in providers.values()
+                    if fnmatchcase(p.name, route.provider) and isinstance(p.verifier, Decides)]
+        if not deciders:
+            if len(providers) == len(settings.providers):  # else a provider that failed to load may be one
+                errors.add(loc, f"no provider matching {route.provider!r} waits for a decision "
+                                "(a verifier such as authgear does, for its blocking events)")
+            continue
+        for provider in deciders:
+            verifier: Decides = provider.verifier  # type: ignore[assignment]
+            if route.reply.timeout >= verifier.decision_deadline:
+                errors.add(loc + ("timeout",), f"{route.reply.timeout:g} s is not below {provider.name}'s own deadline "
+                                               f"({verifier.decision_deadline:g} s): it would have given up by then")
+            if isinstance(route.reply.fallback, dict):
+                try:
+                    verifier.decide(None, route.reply.fallback)
+                except ValueError as exc:
+                    errors.add(loc + ("fallback",),
+                               f"not an answer {provider.name} takes for every event: {validation_reason(exc)}")
+
+
+def validation_reason(error: ValueError) -> str:
+    """A validation error's messages without the values (an answer may carry personal data)."""
+    if isinstance(error, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, item['loc'])) or 'answer'}: {item['msg']}"
+                         for item in error.errors(include_url=False, include_input=False))
+    return str(error)
 
 
 def route_warnings(settings: Settings) -> Sequence[str]:

@@ -230,6 +230,24 @@ def accepted_methods(verifier: object) -> frozenset[str]:
     return frozenset(method.upper() for method in getattr(verifier, "methods", ("POST",)))
 
 
+@runtime_checkable
+class Decides(Protocol):
+    """Optional: a verifier whose provider waits for a decision in the HTTP answer (Authgear's
+    blocking events) lets a Kafka consumer take it, through a route's ``reply`` (README).
+
+    The requests that wait are those ``verify`` answered with a :class:`Response` (its static
+    decision, the fallback by default).  ``decide`` turns a consumer's answer into that
+    response, refusing (``ValueError``, e.g. pydantic's, with a message safe to log) what the
+    provider would reject; ``event`` is the :attr:`ProviderEvent.name` it answers, or ``None``
+    for "any event" (a route's fallback, checked when the config loads).  The provider gives up
+    after ``decision_deadline`` seconds, so a route's reply timeout must stay below it.
+    """
+
+    decision_deadline: ClassVar[float]
+
+    def decide(self, event: str | None, answer: Any) -> Response: ...
+
+
 def installed_verifiers() -> dict[str, EntryPoint]:
     """Every verifier installed in this environment, built-in ones included, by name."""
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}

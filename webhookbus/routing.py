@@ -59,6 +59,12 @@ def messages_for(settings: Settings, event: CloudEvent) -> list[KafkaMessage]:
     return messages
 
 
+def reply_route(settings: Settings, event: CloudEvent) -> RouteSettings | None:
+    """The first matching route with a ``reply``: a Kafka consumer decides this event's answer."""
+    return next((route for _, route in _candidates(settings.routes, event.source, event.type)
+                 if route.reply is not None and _where_matches(route, event)), None)
+
+
 _CANDIDATES: dict[int, tuple[list[RouteSettings], dict[tuple[str, str], list[tuple[int, RouteSettings]]]]] = {}
 
 

@@ -27,6 +27,7 @@ from webhookbus.log import where
 from webhookbus.plugin import Accepted, InboundRequest, Reply, Response, WebhookError, accepted_methods
 from webhookbus.delivery.publish import Publisher
 from webhookbus.http.urls import BadForwardedHeader, request_url, trusted
+from webhookbus.delivery.replies import HeldRequests
 from webhookbus.signing import matched_secret_index
 
 Scope = MutableMapping[str, Any]
@@ -59,12 +60,14 @@ def _json_response(status: int, payload: dict[str, Any]) -> Response:
 class WebhookBus:
     """The ASGI callable.  Built from a loaded :class:`Config`; holds no module-level state."""
 
-    def __init__(self, config: Config, publisher: Publisher | None = None) -> None:
+    def __init__(self, config: Config, publisher: Publisher | None = None, worker: int = 0) -> None:
+        """``worker``: this process's index among ``server.workers`` (which reply partition it reads)."""
         self.config = config
         self.server = config.settings.server
         self.delivery = Delivery(config, publisher)
         self.publisher = self.delivery.publisher
         self.audit = RejectionAudit(config.settings.audit, self.publisher)
+        self.held = HeldRequests(config, worker)
         # Longest path first, so /hooks/a/b wins over /hooks/a for /hooks/a/b/c.
         self._providers = sorted(config.providers.values(), key=lambda p: len(p.path), reverse=True)
         self._exact = {p.path: p for p in self._providers}
@@ -93,11 +96,13 @@ class WebhookBus:
             if message["type"] == "lifespan.startup":
                 try:
                     self.delivery.start()
+                    self.held.start()
                 except Exception as exc:  # hypercorn would otherwise serve without a spool or producer
                     await send({"type": "lifespan.startup.failed", "message": f"cannot start delivery: {exc}"})
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await self.held.close()
                 await self.delivery.close(self.server.graceful_timeout)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -180,12 +185,19 @@ class WebhookBus:
         events = [normalize(request, provider.settings.verifier, event, index if several else None)
                   for index, event in enumerate(accepted.events)]
         fields["events"] = [event.id for event in events]
+        hold = self.held.hold(provider, accepted, events, request.received_at)  # a Kafka consumer decides
         try:
-            await self.delivery.accept(provider, [event.id for event in accepted.events], events, fields)
+            await self.delivery.accept(provider, [event.id for event in accepted.events],
+                                       events if hold is None else hold.events, fields)
+            if hold is not None:
+                return await self.held.decision(hold, fields)
         except Refused as exc:
             raise HttpError(exc.status, exc.error, exc.detail, [(b"retry-after", str(exc.retry_after).encode())]) from None
         except EventTooLarge as exc:
             raise HttpError(413, "event_too_large", str(exc)) from None
+        finally:
+            if hold is not None:
+                self.held.release(hold)
         return accepted.response or Response(200, b"", "text/plain")
 
     async def _read_request(self, provider: Provider, scope: Scope, receive: Receive) -> InboundRequest:
@@ -267,6 +279,8 @@ class WebhookBus:
 
     async def _readyz(self) -> Response:
         ok, reason = self.publisher.ready()
+        if ok:
+            ok, reason = self.held.ready()
         if ok:
             ok, reason = await self._broker_reachable()
         return _json_response(200, {"status": "ready"}) if ok else _json_response(

@@ -87,18 +87,20 @@ def hypercorn_config(server: ServerSettings) -> HypercornConfig:
     return config
 
 
-async def serve(config: Config, shutdown: asyncio.Event | None = None, sockets: Sockets | None = None) -> None:
+async def serve(config: Config, shutdown: asyncio.Event | None = None, sockets: Sockets | None = None,
+                worker: int = 0) -> None:
     """Serve until ``shutdown`` is set or, when none is given, until SIGTERM/SIGINT.
 
     ``sockets`` are already bound ones to accept on (a forked worker's, or ``dev``'s); by
     default the configured address is bound here, before the application starts
-    (:class:`ListenError` when it cannot be).
+    (:class:`ListenError` when it cannot be).  ``worker`` is the process's index among
+    ``server.workers``.
     """
     own = sockets is None
     if sockets is None:
         sockets = bind(config.settings.server)
     try:
-        app = WebhookBus(config)
+        app = WebhookBus(config, worker=worker)
         if shutdown is None:
             shutdown = asyncio.Event()
             loop = asyncio.get_running_loop()
@@ -136,7 +138,8 @@ def run(config: Config) -> int:
     held = bind(server, _reuseport_config(server))
     port = [*held.secure_sockets, *held.insecure_sockets][0].getsockname()[1]
     context = multiprocessing.get_context("fork")
-    processes = [context.Process(target=_worker, args=(config, port), name=f"webhookbus-worker-{index}")
+    processes = [context.Process(target=_worker, args=(config, port, index),
+                                   name=f"webhookbus-worker-{index}")
                  for index in range(server.workers)]
     stopping = False
 
@@ -190,12 +193,12 @@ def _reuseport_config(server: ServerSettings, port: int | None = None) -> Hyperc
     return hyper
 
 
-def _worker(config: Config, port: int) -> None:
+def _worker(config: Config, port: int, index: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # serve() installs its own handlers on the loop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     sockets = _reuseport_config(config.settings.server, port).create_sockets()
     try:
         with asyncio.Runner(loop_factory=loop_factory(config.settings.server)) as runner:
-            runner.run(serve(config, sockets=sockets))
+            runner.run(serve(config, sockets=sockets, worker=index))
     finally:
         logging.shutdown()  # multiprocessing ends the worker with os._exit: write the batched log lines

@@ -156,6 +156,17 @@ def response_model(event_type: str) -> type[BlockingResponse]:
             "authentication": AuthenticationEventResponse}.get(family, BlockingResponse)
 
 
+def checked_answer(event_type: str | None, answer: Any) -> BlockingResponse:
+    """``answer`` checked against what Authgear accepts for ``event_type``'s family, or for any
+    blocking event when ``None`` (what a default answer or a fallback may be).
+
+    One set of rules for every source of an answer: ``blocking_responses`` and a reply route's
+    fallback when the config loads, a Kafka consumer's reply when it arrives.  Raises pydantic's
+    ``ValidationError`` (a ``ValueError``).
+    """
+    return (BlockingResponse if event_type is None else response_model(event_type)).model_validate(answer)
+
+
 class AuthgearOptions(VerifierOptions):
     blocking_response: BlockingResponse = Field(
         default_factory=BlockingResponse,
@@ -185,6 +196,7 @@ class AuthgearOptions(VerifierOptions):
 
 class AuthgearVerifier:
     Options = AuthgearOptions
+    decision_deadline: ClassVar[float] = 5.0  # Authgear's wait for a blocking hook
 
     def __init__(self, options: AuthgearOptions, secrets: Secrets, *,
                  clock: Callable[[], float] = time.time) -> None:
@@ -228,6 +240,11 @@ class AuthgearVerifier:
             return Accepted(event)
         decision = self.options.blocking_responses.get(event_type, self.options.blocking_response)
         return Accepted(event, response=Response.json(decision.body()))
+
+
+    def decide(self, event: str | None, answer: Any) -> Response:
+        """A Kafka consumer's decision (a route's ``reply``) as the answer Authgear gets."""
+        return Response.json(checked_answer(event, answer).body())
 
 
 def is_blocking(event_type: str) -> bool:

@@ -1,0 +1,249 @@
+"""Routes with ``reply``: a Kafka consumer decides Authgear's blocking hooks, on the real broker.
+
+The requests are signed by the test kit (webhookbus.testing.samples), the decisions taken by a
+policy running under ``webhookbus.reply.serve``, and everything travels through the broker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from webhookbus.config import ConfigError, parse_config
+from webhookbus.reply import serve
+from webhookbus.testing import free_port, post, read_topic
+from webhookbus.testing.broker import wait_for_port
+from webhookbus.testing.samples import SIGNERS
+
+SECRET = b"authgear-reply-test-secret"
+PATH = "/webhooks/authgear"
+ALLOW = {"is_allowed": True}
+STATIC = {"is_allowed": False, "title": "Static", "reason": "the configured answer"}
+
+
+def authgear_request(event: str = "user.pre_create", email: str = "ada@example.com") -> tuple[bytes, dict[str, str]]:
+    """A body signed as Authgear signs it (the test kit's signer), for a user with ``email``."""
+    body = {"id": str(uuid.uuid4()), "seq": 1, "type": event,
+            "payload": {"user": {"id": f"user-{uuid.uuid4().hex[:8]}", "standard_attributes": {"email": email}}},
+            "context": {"timestamp": int(time.time()), "user_id": "user-1"}}
+    signed = SIGNERS["authgear"][event](None, SECRET, PATH, body)
+    return signed.body, signed.headers
+
+
+def email_of(event: Any) -> str:
+    """From the responder's event (webhookbus's CloudEvent) or one read with the SDK."""
+    data = event.get_data() if hasattr(event, "get_data") else event.data
+    return data["payload"]["user"]["standard_attributes"]["email"]
+
+
+def deny_test_domain(event: Any) -> dict[str, Any]:
+    """The demo policy: sign-ups from blocked.test are refused, naming the address."""
+    email = email_of(event)
+    if email.endswith("@blocked.test"):
+        return {"is_allowed": False, "title": "Sign-up closed", "reason": f"{email} may not sign up"}
+    return ALLOW
+
+
+def config(topic: str, reply_topic: str, **reply: Any) -> dict[str, Any]:
+    return {
+        "providers": {"authgear": {"verifier": "authgear", "path": PATH, "secrets": [f"literal:{SECRET.decode()}"],
+                                   "options": {"blocking_response": STATIC}}},
+        "routes": [{"provider": "authgear", "type": "authgear.user.*", "topic": topic,
+                    "reply": {"topic": reply_topic, "timeout": 1.5, **reply}}],
+    }
+
+
+@pytest.fixture
+def responder(kafka_broker) -> Iterator[Callable[[str, Callable[[Any], Any]], None]]:
+    running: list[tuple[threading.Event, threading.Thread]] = []
+
+    def start(topic: str, handler: Callable[[Any], Any]) -> None:
+        stop, ready = threading.Event(), threading.Event()
+        thread = threading.Thread(target=serve, args=(topic, handler, kafka_broker.bootstrap),
+                                  kwargs={"stop": stop, "ready": ready}, daemon=True)
+        thread.start()
+        assert ready.wait(20), "the responder did not start"
+        running.append((stop, thread))
+
+    yield start
+    for stop, thread in running:
+        stop.set()
+        thread.join(10)
+
+
+def wait_ready(port: int, timeout: float = 20.0) -> None:
+    """/readyz answers 200 once the reply consumer is assigned."""
+    deadline = time.monotonic() + timeout
+    while post(port, "/readyz", method="GET").status != 200:
+        assert time.monotonic() < deadline, "never ready"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def listener(webhookbus_listener, responder, topic_name):
+    def start(handler: Callable[[Any], Any] | None = deny_test_domain, **reply: Any):
+        topic, reply_topic = topic_name("hooks"), topic_name("replies")
+        if handler is not None:
+            responder(topic, handler)
+        running = webhookbus_listener(config(topic, reply_topic, **reply))
+        wait_ready(running.port)
+        return running, topic, reply_topic
+
+    return start
+
+
+def decision_lines(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "webhookbus.http" and getattr(r, "decision", None)]
+
+
+def test_a_consumer_allows_and_denies_a_signed_user_pre_create_end_to_end(listener, read_events, caplog):
+    caplog.set_level(logging.INFO)
+    running, topic, reply_topic = listener()
+    allowed = running.post(PATH, *authgear_request(email="ada@example.com"))
+    denied = running.post(PATH, *authgear_request(email="mallory@blocked.test"))
+    assert allowed.status == 200 and allowed.json() == ALLOW
+    assert denied.status == 200 and denied.json() == {
+        "is_allowed": False, "title": "Sign-up closed", "reason": "mallory@blocked.test may not sign up"}
+    assert [r.decision for r in decision_lines(caplog)] == ["reply", "reply"]
+    events = read_events(topic, 2)  # the request events stay on Kafka, naming where to reply
+    assert {email_of(e) for e in events} == {"ada@example.com", "mallory@blocked.test"}
+    for event in events:
+        assert event.get_extension("replytopic") == reply_topic
+        assert event.get_extension("replypartition") == "0"
+        assert event.get_extension("correlationid")
+
+
+def test_an_allow_with_a_user_mutation_is_passed_through(listener):
+    answer = {"is_allowed": True, "mutations": {"user": {"custom_attributes": {"plan": "trial"}, "roles": ["beta"]}}}
+    running, _, _ = listener(lambda event: answer)
+    reply = running.post(PATH, *authgear_request())
+    assert reply.status == 200 and reply.json() == answer
+
+
+def test_an_invalid_reply_is_refused_logged_and_the_fallback_applies(listener, caplog):
+    caplog.set_level(logging.INFO)
+    fallback = {"is_allowed": False, "title": "Try later", "reason": "the policy service misbehaves"}
+    # constraints are for authentication.* events: Authgear would reject this answer to user.pre_create
+    running, _, _ = listener(lambda event: {"is_allowed": True, "constraints": {"amr": ["mfa"]}}, fallback=fallback)
+    reply = running.post(PATH, *authgear_request())
+    assert reply.status == 200 and reply.json() == fallback
+    [refused] = [r for r in caplog.records
+                 if r.name == "webhookbus.replies" and r.getMessage().startswith("reply refused")]
+    assert "constraints is only for authentication.* events" in refused.reason and refused.refused_replies == 1
+    [line] = decision_lines(caplog)
+    assert (line.decision, line.fallback_reason) == ("fallback", "the reply was refused")
+
+
+def test_no_reply_in_time_gets_the_static_answer_and_a_late_reply_is_dropped_and_counted(listener, caplog):
+    caplog.set_level(logging.INFO)
+    release = threading.Event()
+
+    def slow(event: Any) -> dict[str, Any]:
+        release.wait(10)  # answers only once the request was answered
+        return ALLOW
+
+    running, topic, _ = listener(slow, timeout=0.5)
+    reply = running.post(PATH, *authgear_request())
+    assert reply.status == 200 and reply.json() == STATIC  # fallback: static, the provider's configured answer
+    [line] = decision_lines(caplog)
+    assert (line.decision, line.fallback_reason) == ("fallback", "no reply within 0.5 s")
+    release.set()
+    deadline = time.monotonic() + 10
+    while not (dropped := [r for r in caplog.records if r.getMessage().startswith("reply dropped")]):
+        assert time.monotonic() < deadline, "the late reply was never read"
+        time.sleep(0.05)
+    assert dropped[0].dropped_replies == 1
+    assert len(read_topic(running.bootstrap, topic, 1)) == 1, "the request event stays on Kafka"
+
+
+def test_a_policy_that_does_not_answer_leaves_the_fallback(listener, caplog):
+    caplog.set_level(logging.INFO)
+    running, _, _ = listener(lambda event: None, fallback=ALLOW, timeout=0.3)
+    reply = running.post(PATH, *authgear_request(email="mallory@blocked.test"))
+    assert reply.status == 200 and reply.json() == ALLOW
+    assert decision_lines(caplog)[0].fallback_reason == "no reply within 0.3 s"
+
+
+def test_a_non_blocking_event_on_a_reply_route_is_not_held(listener, read_events):
+    running, topic, _ = listener(lambda event: pytest.fail("asked about a non-blocking event"))
+    reply = running.post(PATH, *authgear_request("user.created"))
+    assert reply.status == 200 and reply.body == b""
+    [event] = read_events(topic, 1)
+    assert event.get_extension("correlationid") is None
+
+
+def test_fifty_concurrent_blocking_requests_each_get_their_own_decision(listener):
+    running, _, _ = listener()
+    emails = [f"user{i}@{'blocked.test' if i % 2 else 'example.com'}" for i in range(50)]
+    with ThreadPoolExecutor(50) as pool:
+        replies = list(pool.map(lambda email: running.post(PATH, *authgear_request(email=email)), emails))
+    for email, reply in zip(emails, replies):
+        expected = ALLOW if email.endswith("example.com") else {
+            "is_allowed": False, "title": "Sign-up closed", "reason": f"{email} may not sign up"}
+        assert reply.status == 200 and reply.json() == expected, email
+
+
+def test_two_worker_processes_each_read_only_their_own_replies(tmp_path: Path, kafka_broker, responder, topic_name):
+    port, topic, reply_topic = free_port(), topic_name("hooks"), topic_name("replies")
+    settings = config(topic, reply_topic) | {
+        "server": {"host": "127.0.0.1", "port": port, "workers": 2, "graceful_timeout": 2},
+        "kafka": {"bootstrap_servers": [kafka_broker.bootstrap]},
+        "spool": {"directory": str(tmp_path / "spool")},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(settings))
+    responder(topic, deny_test_domain)
+    log = tmp_path / "webhookbus.log"
+    with log.open("wb") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "webhookbus.cli", "serve", "--config",
+                                    str(tmp_path / "config.yaml"), "--log-level", "info"], stderr=stderr)
+    try:
+        wait_for_port(port, timeout=20, process=process)
+        deadline = time.monotonic() + 20
+        while log.read_text().count('"reply consumer assigned"') < 2:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        emails = [f"user{i}@{'blocked.test' if i % 3 == 0 else 'example.com'}" for i in range(30)]
+        for email in emails:  # a fresh connection each: the kernel spreads them over both workers
+            reply = post(port, PATH, *authgear_request(email=email))
+            assert reply.status == 200
+            assert reply.json()["is_allowed"] is email.endswith("example.com"), email
+    finally:
+        process.terminate()
+        process.wait(30)
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    assigned = sorted(line["partition"] for line in lines if line["msg"] == "reply consumer assigned")
+    assert assigned == [0, 1], "each worker reads a partition of its own"
+    assert [line["decision"] for line in lines if line.get("decision")] == ["reply"] * 30
+    assert not [line for line in lines if line["msg"].startswith("reply dropped")], "no process saw another's reply"
+    partitions = {record.partition for record in read_topic(kafka_broker.bootstrap, reply_topic, 30)}
+    assert partitions == {0, 1}, "both workers were asked, each answered on its own partition"
+
+
+@pytest.mark.parametrize(("reply", "message"), [
+    ({"timeout": 5}, r"5 s is not below authgear's own deadline \(5 s\)"),
+    ({"fallback": {"is_allowed": True, "mutations": {"user": {"roles": ["x"]}}}},
+     "not an answer authgear takes for every event: .*mutations is only for user.* and oidc.* events"),
+    ({"fallback": {"is_allowed": False}}, "not an answer authgear takes for every event: .*needs a title and a reason"),
+])
+def test_check_refuses_a_reply_the_provider_cannot_take(reply, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(yaml.safe_dump(config("t", "r", **reply)))
+
+
+def test_check_refuses_a_reply_on_a_provider_that_waits_for_no_decision():
+    settings = {"providers": {"demo": {"verifier": "hmac", "path": "/d", "secrets": ["literal:x"]}},
+                "routes": [{"provider": "demo", "topic": "t", "reply": {"topic": "r"}}]}
+    with pytest.raises(ConfigError, match=r"routes.0.reply: no provider matching 'demo' waits for a decision"):
+        parse_config(yaml.safe_dump(settings))
