@@ -146,7 +146,7 @@ class ServerSettings(_Section):
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(1024 * 1024, gt=0, description="Larger bodies get 413 before being read whole.")
     request_timeout: float = Field(10.0, gt=0, description="Seconds to read a request body.")
-    max_in_flight: int = Field(1024, gt=0, description="Concurrent requests beyond this get 503.")
+    max_in_flight: int = Field(1024, gt=0, description="Concurrent requests whose body is in beyond this get 503.")
     graceful_timeout: float = Field(10.0, ge=0, description="Seconds in-flight requests get after SIGTERM.")
     workers: int = Field(1, ge=1)
     instance: int = Field(

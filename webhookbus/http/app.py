@@ -156,17 +156,19 @@ class WebhookBus:
         if scope["method"] not in methods:
             allow = ", ".join(sorted(methods))
             raise HttpError(405, "method_not_allowed", f"this path accepts {allow}", [(b"allow", allow.encode())])
+        request = await self._read_request(provider, scope, receive)
+        fields["client"] = request.client
+        # The slot is taken once the body is in: a client that sends headers and then nothing
+        # holds only its connection (until request_timeout), never a genuine provider's slot.
         if self._in_flight >= self.server.max_in_flight:
             raise HttpError(503, "overloaded", "too many requests in flight", [(b"retry-after", b"1")])
         self._in_flight += 1
         try:
-            return await self._deliver(provider, scope, receive, fields)
+            return await self._deliver(provider, request, fields)
         finally:
             self._in_flight -= 1
 
-    async def _deliver(self, provider: Provider, scope: Scope, receive: Receive, fields: dict[str, Any]) -> Response:
-        request = await self._read_request(provider, scope, receive)
-        fields["client"] = request.client
+    async def _deliver(self, provider: Provider, request: InboundRequest, fields: dict[str, Any]) -> Response:
         matched_secret_index.set(None)
         try:
             accepted = provider.verifier.verify(request)
