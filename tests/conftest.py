@@ -42,5 +42,11 @@ def example_settings(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str
             platform = keys / f"{name}-platform.pem"
             platform.write_bytes(dev_platform_public_pem())
             provider["options"]["platform_keys"] = [str(platform)]
+    for route in settings.get("routes", []):
+        if route.get("pii", {}).get("hash_key"):
+            value = f"pii-hash-key-{secrets.token_hex(12)}"
+            (keys / "pii-hash-key").write_text(value)
+            route["pii"]["hash_key"] = f"file:{keys / 'pii-hash-key'}"
+            values.append(value.encode())
     settings.get("kafka", {}).pop("bootstrap_servers", None)
     return settings, values

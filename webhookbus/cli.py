@@ -14,6 +14,7 @@ from typing import Any
 
 from webhookbus import log
 from webhookbus.config import Config, ConfigError, Provider, ServerSettings, Settings, load_config, load_settings, route_warnings
+from webhookbus.pii import pii_warnings
 from webhookbus.plugin import installed_verifiers
 
 DEFAULT_CONFIG = "config/webhookbus.yaml"
@@ -55,9 +56,14 @@ def cmd_check(args: argparse.Namespace) -> int:
         where = "".join(f" {k}={v!r}" for k, v in route.where.items())
         print(f"    {route.name or f'routes[{index}]':<20} {route.provider}/{','.join(route.type)}{where}"
               f" -> {route.topic} (key {route.key}, {route.mode})")
+        if route.pii is not None:
+            rules = [f"{kind} {', '.join(paths)}" for kind, paths in
+                     (("drop", route.pii.drop), ("hash", route.pii.hash), ("mask", route.pii.mask),
+                      ("keep", route.pii.keep)) if paths]
+            print(f"      pii: {'; '.join(rules) or 'no fields'}")
     unrouted = settings.unrouted
     print(f"  unrouted: {unrouted.action}{' -> ' + unrouted.topic if unrouted.topic else ''}")
-    for warning in [*config.warnings, *route_warnings(settings)]:
+    for warning in [*config.warnings, *route_warnings(settings), *pii_warnings(config)]:
         print(f"  warning: {warning}")
     return 0
 

@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from webhookbus.events import CloudEvent
+from webhookbus.pii import PiiRules
 from webhookbus.plugin import Decides, Verifier, VerifierOptions, installed_verifiers, verifier_name_clashes
 
 Loc = tuple[str | int, ...]
@@ -286,11 +287,18 @@ class RouteSettings(_Section):
     mode: Literal["structured", "binary"] = "structured"
     include_raw_body: bool = False
     reply: ReplySettings | None = Field(None, description="Hold the request until a Kafka consumer replies.")
+    pii: PiiRules | None = Field(None, description="Fields to drop, hash or mask before publishing (README, PII rules).")
 
     @field_validator("type", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _raw_body_keeps_pii(self) -> RouteSettings:
+        if self.pii is not None and self.pii.changes and self.include_raw_body:
+            raise ValueError("include_raw_body would publish the fields the pii rules remove: use one or the other")
+        return self
 
 
 class UnroutedSettings(_Section):
@@ -479,8 +487,9 @@ class _Errors:
 
 
 def _may_be_secret(loc: Loc) -> bool:
-    """A value under ``secrets`` or ``kafka.producer`` (SASL/SSL passwords), or Redis's, is never echoed."""
-    return "secrets" in loc or loc[:2] == ("kafka", "producer") or loc[:2] in {("dedup", "password"), ("dedup", "store")}
+    """A value under ``secrets``, ``kafka.producer`` (SASL/SSL passwords), a PII ``hash_key``, or Redis's, is never echoed."""
+    return "secrets" in loc or "hash_key" in loc or loc[:2] == ("kafka", "producer") \
+        or loc[:2] in {("dedup", "password"), ("dedup", "store")}
 
 
 def _read(path: str | os.PathLike[str]) -> str:
@@ -519,6 +528,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         except ValueError as exc:
             errors.add(("dedup", "password"), str(exc))
     _check_replies(settings, providers, errors)
+    _load_hash_keys(settings, errors)
     errors.raise_if_any()
     return Config(settings=settings, providers=providers, source=source, warnings=warnings, dedup_password=dedup_password)
 
@@ -641,6 +651,14 @@ def validation_reason(error: ValueError) -> str:
         return "; ".join(f"{'.'.join(map(str, item['loc'])) or 'answer'}: {item['msg']}"
                          for item in error.errors(include_url=False, include_input=False))
     return str(error)
+def _load_hash_keys(settings: Settings, errors: _Errors) -> None:
+    """Resolve each route's PII hash key, as a provider's secrets are: at load, errors by line."""
+    for index, route in enumerate(settings.routes):
+        if route.pii is not None and route.pii.hash_key is not None:
+            try:
+                route.pii.use_key(resolve_secret(route.pii.hash_key))
+            except ValueError as exc:
+                errors.add(("routes", index, "pii", "hash_key"), str(exc))
 
 
 def route_warnings(settings: Settings) -> Sequence[str]:

@@ -10,6 +10,8 @@ A verifier is a class registered under the entry-point group ``webhookbus.verifi
 
         def verify(self, request: InboundRequest) -> Accepted | Reply: ...   # or ``async def``
 
+        pii_fields = ("subject", "data.user.email")   # optional: what `check` warns about
+
 It is built once per configured provider, after config validation, and then called
 concurrently for every request on that provider's path, so it must not keep per-request
 state on ``self``.  ``verify`` returns :class:`Accepted` (one or more events, and optionally

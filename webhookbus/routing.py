@@ -10,6 +10,7 @@ from fnmatch import fnmatchcase
 
 from webhookbus.config import RouteSettings, Settings
 from webhookbus.events import CloudEvent, canonical_text, encode_binary, encode_structured, record_key
+from webhookbus.pii import apply as apply_pii
 from webhookbus.delivery.records import KafkaMessage
 
 
@@ -39,6 +40,10 @@ def _equal(actual: object, expected: object) -> bool:
 
 
 def message_for(route: RouteSettings, event: CloudEvent, name: str) -> KafkaMessage:
+    """The route's record of ``event``; PII rules apply before the key is read, so a key on a
+    hashed field is the hash."""
+    if route.pii is not None and route.pii.changes:
+        event = apply_pii(route.pii, event)
     encode = encode_binary if route.mode == "binary" else encode_structured
     value, headers = encode(event, route.include_raw_body)
     key = event.field(route.key)

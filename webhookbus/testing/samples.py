@@ -80,6 +80,7 @@ DEV_SECRETS = {
     "UIP_WEBHOOK_SECRET": "dev-uip-webhook-secret",
     "ZIGNSEC_WEBHOOK_SECRET": "dev-zignsec-webhook-secret",
     "AUTHGEAR_WEBHOOK_SECRET": "dev-authgear-webhook-secret",
+    "PII_HASH_KEY": "dev-pii-hash-key-change-me",
     "STANDARD_WEBHOOKS_SECRET": "whsec_" + base64.b64encode(b"dev-standard-webhooks-secret!!!!").decode(),
 }
 

@@ -197,6 +197,11 @@ class AuthgearOptions(VerifierOptions):
 class AuthgearVerifier:
     Options = AuthgearOptions
     decision_deadline: ClassVar[float] = 5.0  # Authgear's wait for a blocking hook
+    # What the README's PII paragraph lists: `webhookbus check` warns of a route sending them unruled.
+    pii_fields: ClassVar[tuple[str, ...]] = (
+        "subject", "data.payload.user", "data.context.ip_address", "data.context.user_agent",
+        "data.context.user_id",
+    )
 
     def __init__(self, options: AuthgearOptions, secrets: Secrets, *,
                  clock: Callable[[], float] = time.time) -> None:

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from jwcrypto import jwe, jwk, jws
 from pydantic import Field
@@ -67,6 +67,11 @@ def launchkey_kid(key: jwk.JWK) -> str:
 
 class TruValidateVerifier:
     Options = TruValidateOptions
+    # What the README's PII paragraph lists: `webhookbus check` warns of a route sending them unruled.
+    pii_fields: ClassVar[tuple[str, ...]] = (
+        "subject", "data.service_user_hash", "data.org_user_hash", "data.user_push_id", "data.device_id",
+        "data.service_pins", "data.reason", "data.denial_reason",
+    )
 
     def __init__(self, options: TruValidateOptions, secrets: Secrets, *,
                  clock: Callable[[], float] = time.time) -> None:

@@ -18,7 +18,7 @@ import json
 import logging
 import re
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field
 
@@ -52,6 +52,11 @@ class UipOptions(VerifierOptions):
 
 class UipVerifier:
     Options = UipOptions
+    # What the README's PII paragraph lists: `webhookbus check` warns of a route sending them unruled.
+    pii_fields: ClassVar[tuple[str, ...]] = (
+        "subject", "data.data.name", "data.data.date_of_birth", "data.data.country_of_origin",
+        "data.data.uip_id", "data.data.signing_uip_id",
+    )
 
     def __init__(self, options: UipOptions, secrets: Secrets) -> None:
         if not secrets:

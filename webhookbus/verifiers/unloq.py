@@ -19,7 +19,7 @@ import hashlib
 import json
 import logging
 import math
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
 from pydantic import Field
@@ -51,6 +51,10 @@ class UnloqOptions(VerifierOptions):
 
 class UnloqVerifier:
     Options = UnloqOptions
+    # What the README's PII paragraph lists: `webhookbus check` warns of a route sending them unruled.
+    pii_fields: ClassVar[tuple[str, ...]] = (
+        "subject", "data.unloq_id", "data.sid", "data.email", "data.ip",
+    )
 
     def __init__(self, options: UnloqOptions, secrets: Secrets) -> None:
         if not secrets:
