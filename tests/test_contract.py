@@ -12,15 +12,18 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from webhookbus.plugin import Accepted, InboundRequest, ProviderEvent, VerificationFailed, installed_verifiers
+from webhookbus.events import dotted_get
+from webhookbus.plugin import (Accepted, InboundRequest, ProviderEvent, Reply, Response, VerificationFailed,
+                               installed_verifiers)
 from webhookbus.testing.contract import ContractCase, VerifierContract
-from webhookbus.testing.samples import SIGNERS, dev_platform_public_pem, launchkey_kid
+from webhookbus.testing.samples import SIGNERS, SignedRequest, dev_platform_public_pem, launchkey_kid
 from webhookbus.verifiers.hmac import HmacOptions, HmacVerifier
 
 SECRET, OTHER = b"contract-secret-1", b"contract-secret-2"
 WHSEC, OTHER_WHSEC = b"whsec_Y29udHJhY3Qtc2VjcmV0LW9uZQ==", b"whsec_Y29udHJhY3Qtc2VjcmV0LXR3bw=="
 OPTIONS = {
-    "hmac": {"header": "X-Signature", "prefix": "sha256=", "event_field": "type", "id_field": "id"},
+    "hmac": {"header": "X-Signature", "prefix": "sha256=", "event_field": "type", "id_field": "id",
+             "subject_field": "user.id"},
     "truvalidate": {"audience": "svc:6f1c1b2e-8a1d-4a57-9d59-6b0c1f3e2a10"},
 }
 REQUIRED_HEADERS = {("uip", "v2"): ["X-UIP-Signature", "X-UIP-Timestamp"]}
@@ -58,6 +61,7 @@ def contract_case(request, rsa_keys, tmp_path) -> ContractCase:
         verifier=verifier_class(model, [secret]),
         sign=lambda: sign(model, secret, path),
         forge=lambda: wrong_signer(model, wrong if name != "truvalidate" else secret, path),
+        sign_payload=lambda data: sign(model, secret, path, data),
         secrets=[secret],
         required_headers=REQUIRED_HEADERS.get((name, variant)),
         provider=name,
@@ -115,11 +119,38 @@ class KeepsStateOnSelf(HmacVerifier):
         return super().verify(self.request)
 
 
+class SpellsLikePython(HmacVerifier):
+    """The generic verifier before it wrote JSON values as JSON spells them."""
+
+    def verify(self, request: InboundRequest) -> Accepted:
+        (event,) = super().verify(request).events
+        name = dotted_get(event.data, self.options.event_field)
+        return Accepted(dataclasses.replace(event, name=str(name)))
+
+
+class PublishesTheSecret(HmacVerifier):
+    def verify(self, request: InboundRequest) -> Accepted:
+        (event,) = super().verify(request).events
+        return Accepted(dataclasses.replace(event, extensions={"token": self.secrets[0].decode()}))
+
+
+class RepliesToEverything(HmacVerifier):
+    methods = {"GET", "POST"}
+
+    def verify(self, request: InboundRequest) -> Accepted | Reply:
+        if request.method == "GET":
+            return Reply(Response.text("ok"), what="check")
+        return super().verify(request)
+
+
 def hmac_case(verifier_class: type[HmacVerifier]) -> ContractCase:
     options = HmacOptions(**OPTIONS["hmac"])
     sign = SIGNERS["hmac"]["default"]
     return ContractCase(verifier=verifier_class(options, [SECRET]), sign=lambda: sign(options, SECRET, "/h"),
-                        forge=lambda: sign(options, OTHER, "/h"), secrets=[SECRET])
+                        forge=lambda: sign(options, OTHER, "/h"), secrets=[SECRET],
+                        sign_payload=lambda data: sign(options, SECRET, "/h", data),
+                        handshake=lambda: SignedRequest("GET", "/h?check=1", {}, b""),
+                        forge_handshake=lambda: SignedRequest("GET", "/h?check=2", {}, b""))
 
 
 def test_an_async_verifier_keeps_the_contract():
@@ -137,6 +168,11 @@ def test_an_async_verifier_keeps_the_contract():
     (EchoesTheHeader, "test_survives_oversized_and_garbage_headers", "echo"),
     (KeepsStateOnSelf, "test_concurrent_calls_do_not_interfere", "assert"),
     (MisstatesDataJson, "test_accepts_a_correctly_signed_request_with_well_formed_events", "parse to data"),
+    (SpellsLikePython, "test_json_values_become_attributes_as_json_spells_them", "type = true: name is 'True'"),
+    (PublishesTheSecret, "test_no_secret_reaches_the_published_records", "a secret reaches"),
+    (HmacVerifier, "test_declares_the_methods_it_answers", "undeclared method"),
+    (HmacVerifier, "test_answers_a_handshake_with_a_reply", "raised VerificationFailed .* instead of a Reply"),
+    (RepliesToEverything, "test_answers_a_handshake_with_a_reply", "forged handshake: accepted"),
 ])
 def test_the_suite_fails_a_broken_verifier(broken, check, finding):
     with pytest.raises((pytest.fail.Exception, AssertionError), match=finding):

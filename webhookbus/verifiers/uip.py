@@ -105,6 +105,8 @@ class UipVerifier:
         name = header_name or signed_name
         if not isinstance(name, str) or not name:
             raise MalformedPayload("no event name in X-UIP-Event or the body")
+        if signed_name is not None and not isinstance(signed_name, str):
+            raise MalformedPayload("the body's event is not a string")  # a header could not name it
         if isinstance(signed_name, str) and signed_name != name:
             raise VerificationFailed("X-UIP-Event does not match the signed body")
         return Accepted(
