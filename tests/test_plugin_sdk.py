@@ -91,11 +91,11 @@ def test_a_reply_is_sent_at_once_published_nowhere_logged_and_counted(caplog):
         status, _, body = call(app, "GET", "/hooks/demo?challenge=x")
     assert (status, body) == (200, b"x")  # the delivery was never started: nothing could be published
     [line] = [r for r in caplog.records if r.name == "webhookbus.http"]
-    assert (line.reply, line.status, line.provider) == ("challenge", 200, "demo")
+    assert (line.handshake, line.status, line.provider) == ("challenge", 200, "demo")
     assert not hasattr(line, "events")
-    assert app.replies == {"demo": 1}
+    assert app.handshakes == {"demo": 1}
     call(app, "GET", "/hooks/demo?challenge=y")
-    assert app.replies == {"demo": 2}
+    assert app.handshakes == {"demo": 2}
 
 
 # -- 3. the public URL -------------------------------------------------------------------------

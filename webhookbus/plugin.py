@@ -185,7 +185,7 @@ class Accepted:
 class Reply:
     """An authentic request that carries no event, answered at once and published nowhere:
     an endpoint check (Meta's ``hub.challenge``, Slack's ``url_verification``).  The request's
-    log line says ``reply: <what>`` and the listener counts replies apart from events.
+    log line says ``handshake: <what>``; the listener counts them apart from events.
     Return it only for a request you have authenticated (or that proves nothing, like an
     echo of an unsigned challenge): it reaches the provider's sender without Kafka's say."""
 

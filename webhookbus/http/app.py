@@ -73,7 +73,7 @@ class WebhookBus:
         self._exact = {p.path: p for p in self._providers}
         self._methods = {p.name: accepted_methods(p.verifier) for p in self._providers}
         self._proxies = trusted(self.server)
-        self.replies: dict[str, int] = dict.fromkeys(config.providers, 0)
+        self.handshakes: dict[str, int] = dict.fromkeys(config.providers, 0)
         """Requests answered with a :class:`Reply` (handshakes, no events), per provider."""
         self._in_flight = 0
         # Request ids: a random prefix per process (the app is built after a worker forks) and
@@ -180,8 +180,8 @@ class WebhookBus:
         finally:
             fields["secret_index"] = matched_secret_index.get()
         if isinstance(accepted, Reply):  # a handshake: nothing to publish, nothing to wait for
-            fields["reply"] = accepted.what
-            self.replies[provider.name] += 1
+            fields["handshake"] = accepted.what
+            self.handshakes[provider.name] += 1
             return accepted.response
         several = len(accepted.events) > 1
         events = [normalize(request, provider.settings.verifier, event, index if several else None)
