@@ -132,16 +132,16 @@ def test_a_provider_at_the_root_serves_the_paths_below_it():
 
 
 def test_readyz_probes_a_bootstrap_server_without_a_port_on_kafkas_default(monkeypatch):
-    config = parse_config(CONFIG + "kafka: {bootstrap_servers: [broker.internal]}\n")
-    app = WebhookBus(config)
+    from webhookbus.delivery import publish
+
     dialled: list[tuple[str, int]] = []
 
-    async def open_connection(host, port):
-        dialled.append((host, port))
+    def create_connection(address, timeout):
+        dialled.append(address)
         raise OSError("refused")
 
-    monkeypatch.setattr(asyncio, "open_connection", open_connection)
-    assert asyncio.run(app._broker_reachable())[0] is False
+    monkeypatch.setattr(publish.socket, "create_connection", create_connection)
+    assert publish.broker_reachable(["broker.internal"])[0] is False
     assert dialled == [("broker.internal", 9092)]
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from webhookbus import log
-from webhookbus.config import Config, ConfigError, Provider, ServerSettings, Settings, load_config, load_settings, route_warnings
+from webhookbus.config import AdminSettings, Config, ConfigError, Provider, ServerSettings, Settings, load_config, load_settings, route_warnings
 from webhookbus.pii import pii_warnings
 from webhookbus.plugin import installed_verifiers
 
@@ -220,10 +220,11 @@ def _read_data(value: str | None) -> Any:
         raise ValueError(f"--data is not JSON: {exc}") from None
 
 
-def base_url(server: ServerSettings) -> str:
-    """Where a local client reaches the listener: a wildcard bind address becomes loopback."""
+def base_url(server: ServerSettings | AdminSettings) -> str:
+    """Where a local client reaches the listener (or the admin listener): a wildcard bind address becomes loopback."""
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(server.host, server.host)
-    return f"{'https' if server.tls else 'http'}://{f'[{host}]' if ':' in host else host}:{server.port}"
+    scheme = "https" if isinstance(server, ServerSettings) and server.tls else "http"
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{server.port}"
 
 
 def public_url(config: Config, provider: Provider, sent_to: str) -> str:
@@ -261,7 +262,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
         broker.start()
         url = base_url(config.settings.server)
         exe = os.path.relpath(sys.argv[0]) if os.path.sep in sys.argv[0] else "webhookbus"
-        print(f"broker on {broker.bootstrap}; listener on {url}\n")
+        print(f"broker on {broker.bootstrap}; listener on {url}")
+        if config.settings.admin is not None:
+            print(f"admin on {base_url(config.settings.admin)}: /metrics, /healthz, /readyz")
+        print()
         for provider in config.providers.values():
             sample = sample_request(provider, url=public_url(config, provider, url))
             if sample is not None:
@@ -272,7 +276,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
               f"{exe} tail --config {args.config} --topic <topic> --from-beginning\n", flush=True)
         log.configure(args.log_level)
         asyncio.run(serve(config, sockets=sockets))
-    except (BrokerError, LifespanFailureError) as exc:
+    except (BrokerError, LifespanFailureError, ListenError) as exc:
         return _fail(str(exc))
     finally:
         close(sockets)

@@ -355,6 +355,14 @@ class AuditSettings(_Section):
     burst: int = Field(100, gt=0)
 
 
+class AdminSettings(_Section):
+    """The operators' listener: metrics, probes and the status page, never on the public port."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(9090, ge=0, le=65535)
+    recent_rejections: int = Field(50, ge=0, le=1000, description="Refused requests the status page lists.")
+
+
 PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
@@ -371,6 +379,7 @@ class Settings(BaseSettings):
     spool: SpoolSettings = SpoolSettings()
     dedup: DedupSettings = DedupSettings()
     audit: AuditSettings = AuditSettings()
+    admin: AdminSettings | None = Field(None, description="Metrics, probes and the status page; unset: none of them.")
 
     @field_validator("providers")
     @classmethod
@@ -383,6 +392,12 @@ class Settings(BaseSettings):
                 raise ValueError(f"providers {seen[provider.path.rstrip('/')]} and {name} share path {provider.path}")
             seen[provider.path.rstrip("/")] = name
         return providers
+
+    @model_validator(mode="after")
+    def _admin_off_the_public_port(self) -> Settings:
+        if self.admin is not None and self.admin.port == self.server.port != 0:
+            raise ValueError(f"admin.port {self.admin.port} is server.port: the admin listener must be off the public port")
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -26,6 +26,7 @@ class RejectionAudit:
     """Called on the event loop's thread for every refused request; cheap when off or throttled."""
 
     def __init__(self, settings: AuditSettings, publisher: Publisher) -> None:
+        self.metrics = publisher.metrics
         self.topic = settings.topic
         self.rate = settings.max_per_second
         self.burst = float(settings.burst)
@@ -42,6 +43,7 @@ class RejectionAudit:
         self._refilled = now
         if self._tokens < 1:
             self.suppressed += 1
+            self.metrics.audit_drop()
             return
         self._tokens -= 1
         data = {

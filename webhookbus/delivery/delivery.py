@@ -29,6 +29,7 @@ from webhookbus.config import Config, Provider
 from webhookbus.delivery.claims import Claim, Claims, DedupUnavailable, StillInFlight, open_claims
 from webhookbus.delivery.dedup import dedup_key
 from webhookbus.events import CloudEvent
+from webhookbus.metrics import Metrics
 from webhookbus.delivery.forward import Forwarder
 from webhookbus.delivery.publish import PublishFailed, Publisher
 from webhookbus.delivery.records import Batch, size_bound
@@ -65,10 +66,11 @@ class Delivery:
     request handlers, all on the event loop's thread.
     """
 
-    def __init__(self, config: Config, publisher: Publisher | None = None) -> None:
+    def __init__(self, config: Config, publisher: Publisher | None = None, metrics: Metrics | None = None) -> None:
         self.config = config
         self.settings = config.settings
-        self.publisher = publisher or Publisher(config.settings.kafka)
+        self.publisher = publisher or Publisher(config.settings.kafka, metrics)
+        self.metrics = self.publisher.metrics if metrics is None else metrics
         self.spool: Spool | None = None
         self.claims: Claims | None = None
         self.forwarder: Forwarder | None = None
@@ -127,6 +129,7 @@ class Delivery:
             fresh = [i for i, key in enumerate(keys) if claim is None or key not in claim.duplicates]
             if len(fresh) < len(events):
                 fields["duplicates"] = [events[i].id for i in range(len(events)) if i not in fresh]
+                self.metrics.duplicates_suppressed(provider.name, len(events) - len(fresh))
                 if not fresh:
                     return
             messages = [message for i in fresh for message in messages_for(self.settings, events[i])]

@@ -19,11 +19,13 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from webhookbus.config import KafkaSettings
 from webhookbus.log import where
+from webhookbus.metrics import Metrics
 from webhookbus.delivery.records import (ABANDON, ANSWER, CLOSE, CLOSE_BUDGET, DONE, PIPE, SEND, SETTINGS, STATUS, Batch,
                                 KafkaMessage, parse_answer, pipe_frame, send_body)
 
@@ -66,6 +68,21 @@ def producer_options(settings: KafkaSettings) -> dict[str, Any]:
     return options
 
 
+def broker_reachable(bootstrap_servers: Sequence[str], timeout: float = 1.0) -> tuple[bool, str]:
+    """Whether a bootstrap server accepts TCP connections (for readiness probes); blocks up to
+    ``timeout`` per server."""
+    for server in bootstrap_servers:
+        host, colon, port = server.rpartition(":")
+        if not colon:  # kafka-python's default port, as the producer would use
+            host, port = server, "9092"
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+            return True, "ok"
+        except (OSError, ValueError):
+            continue
+    return False, "no bootstrap server accepts connections"
+
+
 class Publisher:
     """Publishes batches of messages and reports when the broker acked them.
 
@@ -74,8 +91,9 @@ class Publisher:
     serve threads (the spool forwarder) that must not touch the loop.
     """
 
-    def __init__(self, settings: KafkaSettings) -> None:
+    def __init__(self, settings: KafkaSettings, metrics: Metrics | None = None) -> None:
         self._settings = settings
+        self.metrics = metrics or Metrics(enabled=False)
         self._batches: dict[int, Batch] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()  # a batch's state and callbacks: when_done comes from threads
@@ -104,7 +122,11 @@ class Publisher:
         # One timer per request, cancelled by the answer (cheaper than asyncio.wait_for).
         batch.timer = self._loop.call_later(timeout, self._expire, batch, timeout)
         self._send(batch)
-        await batch.future
+        started = time.perf_counter()
+        try:
+            await batch.future
+        finally:
+            self.metrics.publish_took(time.perf_counter() - started)
 
     def submit(self, messages: Sequence[KafkaMessage], callback: Callable[[Batch], None] | None = None) -> Batch:
         """Publish from any thread without waiting; ``callback(batch)`` runs once all are answered."""
@@ -222,7 +244,9 @@ class Publisher:
             if batch is not None:
                 self._settle(batch, *parse_answer(body))
         elif kind == STATUS:
+            # The producer process says "not connected" only when it replaces a failed producer.
             self._connected = bool(batch_id)
+            self.metrics.producer_status(self._connected, None if self._connected else "producer")
 
     def _settle(self, batch: Batch, failed: list[int], error: str | None) -> None:
         with self._lock:
@@ -231,6 +255,7 @@ class Publisher:
             callbacks, batch.callbacks = batch.callbacks, []
         if batch.timer is not None:
             batch.timer.cancel()
+        self.metrics.published(batch.messages, failed)
         for callback in callbacks:
             try:
                 callback(batch)
@@ -247,6 +272,7 @@ class Publisher:
         """The producer process is gone: fail what it held, and start another unless closing."""
         self._connected = False
         self._pipe = None
+        self.metrics.producer_status(False, None if self._closing else "process")
         if self._gone is not None and not self._gone.done():
             self._gone.set_result(None)
         self._fail_all("producer process exited")

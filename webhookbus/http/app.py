@@ -24,8 +24,9 @@ from webhookbus.config import Config, Provider
 from webhookbus.delivery.delivery import Delivery, EventTooLarge, Refused
 from webhookbus.events import normalize
 from webhookbus.log import where
+from webhookbus.metrics import Metrics
 from webhookbus.plugin import Accepted, InboundRequest, Reply, Response, WebhookError, accepted_methods
-from webhookbus.delivery.publish import Publisher
+from webhookbus.delivery.publish import Publisher, broker_reachable
 from webhookbus.http.urls import BadForwardedHeader, request_url, trusted
 from webhookbus.delivery.replies import HeldRequests
 from webhookbus.signing import matched_secret_index
@@ -64,7 +65,9 @@ class WebhookBus:
         """``worker``: this process's index among ``server.workers`` (which reply partition it reads)."""
         self.config = config
         self.server = config.settings.server
-        self.delivery = Delivery(config, publisher)
+        self.metrics = Metrics(enabled=config.settings.admin is not None)
+        self.metrics.serving(config)
+        self.delivery = Delivery(config, publisher, self.metrics)
         self.publisher = self.delivery.publisher
         self.audit = RejectionAudit(config.settings.audit, self.publisher)
         self.held = HeldRequests(config, worker)
@@ -131,11 +134,14 @@ class WebhookBus:
             response = _json_response(500, {"error": "internal_error", "detail": f"request {request_id} failed"})
             headers = []
             fields.update(error="internal_error", reason=where(exc))
-        fields.update(status=response.status, ms=round((time.perf_counter() - started) * 1000, 2))
+        elapsed = time.perf_counter() - started
+        fields.update(status=response.status, ms=round(elapsed * 1000, 2))
         level = logging.INFO if response.status < 400 else logging.WARNING
-        if fields.get("probe") is None or response.status >= 400:
-            fields.pop("probe", None)
+        probe = fields.pop("probe", None)
+        if probe is None or response.status >= 400:
             log.log(level, "request", extra=fields)
+        if probe is None:
+            self.metrics.answered(fields.get("provider", ""), response.status, elapsed)
         headers += [(b"content-type", response.content_type.encode()), (b"x-request-id", request_id.encode()),
                     (b"content-length", b"%d" % len(response.body))]  # not chunked: one write less
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
@@ -163,10 +169,12 @@ class WebhookBus:
         if self._in_flight >= self.server.max_in_flight:
             raise HttpError(503, "overloaded", "too many requests in flight", [(b"retry-after", b"1")])
         self._in_flight += 1
+        self.metrics.request_started()
         try:
             return await self._deliver(provider, request, fields)
         finally:
             self._in_flight -= 1
+            self.metrics.request_ended()
 
     async def _deliver(self, provider: Provider, request: InboundRequest, fields: dict[str, Any]) -> Response:
         matched_secret_index.set(None)
@@ -176,6 +184,7 @@ class WebhookBus:
                 accepted = await accepted
         except WebhookError as exc:
             self.audit.record(request, exc, fields["request_id"])
+            self.metrics.verification_failed(provider.name, exc.error)
             raise
         finally:
             fields["secret_index"] = matched_secret_index.get()
@@ -284,21 +293,7 @@ class WebhookBus:
         if ok:
             ok, reason = self.held.ready()
         if ok:
-            ok, reason = await self._broker_reachable()
+            ok, reason = await asyncio.to_thread(broker_reachable, self.config.settings.kafka.bootstrap_servers)
         return _json_response(200, {"status": "ready"}) if ok else _json_response(
             503, {"error": "not_ready", "detail": reason}
         )
-
-    async def _broker_reachable(self) -> tuple[bool, str]:
-        for server in self.config.settings.kafka.bootstrap_servers:
-            host, colon, port = server.rpartition(":")
-            if not colon:  # kafka-python's default port, as the producer would use
-                host, port = server, "9092"
-            try:
-                async with asyncio.timeout(1.0):
-                    _, writer = await asyncio.open_connection(host.strip("[]"), int(port))
-                writer.close()
-                return True, "ok"
-            except (OSError, TimeoutError, ValueError):
-                continue
-        return False, "no bootstrap server accepts connections"

@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import signal
 import ssl
+import tempfile
 from collections.abc import Callable
 from multiprocessing.connection import wait
 
@@ -32,6 +33,8 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
 from hypercorn.utils import wrap_app
 
+from webhookbus import metrics
+from webhookbus.http.admin import AdminServer
 from webhookbus.http.app import WebhookBus
 from webhookbus.config import Config, ServerSettings
 
@@ -57,10 +60,26 @@ def bind(server: ServerSettings, hyper: HypercornConfig | None = None) -> Socket
     try:
         return (hyper or hypercorn_config(server)).create_sockets()
     except OSError as exc:
-        if exc.errno not in _BIND_ERRORS:
-            raise
-        host = f"[{server.host}]" if ":" in server.host else server.host
-        raise ListenError(f"cannot listen on {host}:{server.port}: {_BIND_ERRORS[exc.errno]}") from None
+        raise _listen_error(exc, server.host, server.port, "server") from None
+
+
+def _listen_error(exc: OSError, host: str, port: int, section: str) -> Exception:
+    if exc.errno not in _BIND_ERRORS:
+        return exc
+    host = f"[{host}]" if ":" in host else host
+    return ListenError(f"cannot listen on {host}:{port}: {_BIND_ERRORS[exc.errno]}".replace("server.", f"{section}.")
+                       .replace("WEBHOOKBUS_SERVER__", f"WEBHOOKBUS_{section.upper()}__"))
+
+
+def admin_server(config: Config, registry: metrics.CollectorRegistry) -> AdminServer | None:
+    """The admin listener, bound (:class:`ListenError` when it cannot be), or None without ``admin:``."""
+    admin = config.settings.admin
+    if admin is None:
+        return None
+    try:
+        return AdminServer(config, registry)
+    except OSError as exc:
+        raise _listen_error(exc, admin.host, admin.port, "admin") from None
 
 
 def close(sockets: Sockets) -> None:
@@ -88,19 +107,25 @@ def hypercorn_config(server: ServerSettings) -> HypercornConfig:
 
 
 async def serve(config: Config, shutdown: asyncio.Event | None = None, sockets: Sockets | None = None,
-                worker: int = 0) -> None:
+                worker: int = 0, with_admin: bool = True) -> None:
     """Serve until ``shutdown`` is set or, when none is given, until SIGTERM/SIGINT.
 
     ``sockets`` are already bound ones to accept on (a forked worker's, or ``dev``'s); by
     default the configured address is bound here, before the application starts
     (:class:`ListenError` when it cannot be).  ``worker`` is the process's index among
-    ``server.workers``.
+    ``server.workers``.  The admin listener runs here too, unless ``with_admin`` is false
+    (a forked worker: the parent runs it for all of them).
     """
     own = sockets is None
     if sockets is None:
         sockets = bind(config.settings.server)
+    admin = None
     try:
         app = WebhookBus(config, worker=worker)
+        if with_admin:
+            admin = admin_server(config, metrics.scrape_registry(config, app.metrics))
+        if admin is not None:
+            admin.start()
         if shutdown is None:
             shutdown = asyncio.Event()
             loop = asyncio.get_running_loop()
@@ -110,6 +135,8 @@ async def serve(config: Config, shutdown: asyncio.Event | None = None, sockets: 
         await worker_serve(wrap_app(app, hyper.wsgi_max_body_size, "asgi"), hyper, sockets=sockets,
                            shutdown_trigger=shutdown.wait)
     finally:
+        if admin is not None:
+            admin.stop()
         if own:  # already closed when hypercorn served on them; not when the startup failed
             close(sockets)
 
@@ -134,11 +161,24 @@ def run(config: Config) -> int:
         return 0
     # Without SO_REUSEPORT first: another instance's reuse-port workers would otherwise share the address.
     close(bind(server))
+    # Every worker's metrics in files of this run's own directory, which the parent's admin listener reads.
+    shared = tempfile.mkdtemp(prefix="webhookbus-metrics-")
+    metrics.share_between_processes(shared)
+    registry = metrics.scrape_registry(config)
+    try:
+        return _run_workers(config, registry)
+    finally:
+        metrics.remove_directory(shared)
+
+
+def _run_workers(config: Config, registry: metrics.CollectorRegistry) -> int:
+    server = config.settings.server
+    admin = admin_server(config, registry)  # bound before the workers start, served once they run
     # Bound, never listening: holds the address (and resolves port 0) without taking connections.
     held = bind(server, _reuseport_config(server))
     port = [*held.secure_sockets, *held.insecure_sockets][0].getsockname()[1]
     context = multiprocessing.get_context("fork")
-    processes = [context.Process(target=_worker, args=(config, port, index),
+    processes = [context.Process(target=_worker, args=(config, port, index, admin),
                                    name=f"webhookbus-worker-{index}")
                  for index in range(server.workers)]
     stopping = False
@@ -151,6 +191,8 @@ def run(config: Config) -> int:
     try:
         for process in processes:
             process.start()
+        if admin is not None:
+            admin.start()
         while not stopping and all(process.exitcode is None for process in processes):
             wait([process.sentinel for process in processes], timeout=0.5)
         if not stopping:
@@ -169,6 +211,8 @@ def run(config: Config) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         close(held)
+        if admin is not None:
+            admin.stop()
     return 0 if stopping and all(process.exitcode == 0 for process in processes) else 1
 
 
@@ -193,12 +237,14 @@ def _reuseport_config(server: ServerSettings, port: int | None = None) -> Hyperc
     return hyper
 
 
-def _worker(config: Config, port: int, index: int) -> None:
+def _worker(config: Config, port: int, index: int, admin: AdminServer | None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # serve() installs its own handlers on the loop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if admin is not None:  # the parent's: a worker must not hold its address
+        admin.server.server_close()
     sockets = _reuseport_config(config.settings.server, port).create_sockets()
     try:
         with asyncio.Runner(loop_factory=loop_factory(config.settings.server)) as runner:
-            runner.run(serve(config, sockets=sockets, worker=index))
+            runner.run(serve(config, sockets=sockets, worker=index, with_admin=False))
     finally:
         logging.shutdown()  # multiprocessing ends the worker with os._exit: write the batched log lines
