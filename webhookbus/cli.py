@@ -1,4 +1,4 @@
-"""``webhookbus`` command line: serve, check, dev, sign, tail, plugins, schema, spool status."""
+"""``webhookbus`` command line: serve, reload, check, dev, sign, tail, plugins, schema, spool status."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import sys
+import textwrap
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -32,14 +33,40 @@ def _load(path: str) -> Config:
 def cmd_serve(args: argparse.Namespace) -> int:
     from hypercorn.utils import LifespanFailureError
 
+    from webhookbus.http.reload import PidFile
     from webhookbus.http.server import ListenError, run
 
     config = _load(args.config)
     log.configure(args.log_level)
     try:
-        return run(config)
+        with PidFile(config.settings):  # where `webhookbus reload` finds this process
+            return run(config)
     except (LifespanFailureError, ListenError) as exc:  # e.g. the spool directory cannot be written, the port is taken
         return _fail(str(exc))
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Make the running listener re-read its config (SIGHUP) and print each process's outcome."""
+    from webhookbus.http.reload import NotRunning, outcomes_since, signal_reload
+
+    settings = _settings(args.config)  # a file with errors is refused here, nothing signalled
+    since = time.time()
+    try:
+        pid = signal_reload(settings)
+    except NotRunning as exc:
+        return _fail(str(exc), code=1)
+    print(f"sent SIGHUP to webhookbus (pid {pid})")
+    deadline = time.monotonic() + args.timeout
+    while len(outcomes := outcomes_since(settings, since)) < settings.server.workers and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for outcome in outcomes:
+        print(f"  process {outcome['pid']}: {outcome['result']}")
+        if outcome.get("reason"):
+            print(textwrap.indent(outcome["reason"], "    "), file=sys.stderr)
+    if len(outcomes) < settings.server.workers:
+        return _fail(f"{settings.server.workers - len(outcomes)} process(es) did not report within {args.timeout:g} s: "
+                     "see the listener's log", code=1)
+    return 0 if all(outcome["result"] == "applied" for outcome in outcomes) else 1
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -245,6 +272,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     """Start a local broker and the listener, with sample secrets, and print signed curls."""
     from hypercorn.utils import LifespanFailureError
 
+    from webhookbus.http.reload import PidFile
     from webhookbus.http.server import ListenError, bind, close, serve
     from webhookbus.testing.broker import Broker, BrokerError
     from webhookbus.testing.samples import install_dev_secrets, sample_request
@@ -275,7 +303,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
         print(f"read the events: WEBHOOKBUS_KAFKA__BOOTSTRAP_SERVERS={broker.bootstrap} "
               f"{exe} tail --config {args.config} --topic <topic> --from-beginning\n", flush=True)
         log.configure(args.log_level)
-        asyncio.run(serve(config, sockets=sockets))
+        with PidFile(config.settings):
+            asyncio.run(serve(config, sockets=sockets))
     except (BrokerError, LifespanFailureError, ListenError) as exc:
         return _fail(str(exc))
     finally:
@@ -310,9 +339,11 @@ def main(argv: list[str] | None = None) -> int:
         return sub
 
     serve = command("serve", cmd_serve, "run the listener")
+    reload = command("reload", cmd_reload, "make the running listener re-read its config (SIGHUP), print the outcome")
+    reload.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for every process's outcome")
     check = command("check", cmd_check, "validate a config, load plugins, resolve secrets, print a summary")
     dev = command("dev", cmd_dev, "run a local broker and the listener, print signed sample requests")
-    for sub in (serve, check, dev):
+    for sub in (serve, check, dev, reload):
         sub.add_argument("--config", default=DEFAULT_CONFIG)
     for sub in (serve, dev):
         sub.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)

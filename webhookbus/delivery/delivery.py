@@ -118,8 +118,13 @@ class Delivery:
             log.info("spool closed", extra={"slot": str(self.spool.slot), "records_to_forward": self.spool.depth()})
 
     async def accept(self, provider: Provider, given_ids: Sequence[str | None], events: Sequence[CloudEvent],
-                     fields: dict[str, Any]) -> None:
-        """Return when the events may be answered 2xx; raise :class:`Refused` when not."""
+                     fields: dict[str, Any], config: Config | None = None) -> None:
+        """Return when the events may be answered 2xx; raise :class:`Refused` when not.
+
+        ``config``: the one the request started under, whose routes it is published by (a reload
+        may have swapped ``self.config`` since); by default the current one.
+        """
+        settings = (config or self.config).settings
         window = provider.settings.dedup_window
         keys = [dedup_key(provider.name, event.id) if window and given is not None else None
                 for given, event in zip(given_ids, events)]
@@ -132,7 +137,7 @@ class Delivery:
                 self.metrics.duplicates_suppressed(provider.name, len(events) - len(fresh))
                 if not fresh:
                     return
-            messages = [message for i in fresh for message in messages_for(self.settings, events[i])]
+            messages = [message for i in fresh for message in messages_for(settings, events[i])]
             if any(size_bound(message) > self._max_record for message in messages):
                 raise EventTooLarge(f"the event's Kafka record would exceed max_request_size ({self._max_record} bytes)")
             fields["topics"] = sorted({m.topic for m in messages})
@@ -152,6 +157,14 @@ class Delivery:
                 else:
                     self.publisher.when_done(late, lambda batch: settle(not batch.failed))
 
+    def _publish_timeout(self, provider: Provider) -> float:
+        """From the provider object, which a request holds on to: a reload may have removed it from the config."""
+        return provider.settings.publish_timeout or self.settings.kafka.publish_timeout
+
+    def reconfigure(self, config: Config) -> None:
+        """Route new requests by ``config``; the spool, claims and producer stay (a restart changes them)."""
+        self.config, self.settings = config, config.settings
+
     async def _claim(self, provider: Provider, keys: list[bytes], window: float, fields: dict[str, Any]) -> Claim | None:
         """Claim the event ids, waiting while a request for the same event is in flight, to learn its outcome.
 
@@ -162,7 +175,7 @@ class Delivery:
         assert self.claims is not None, "Delivery.start() was not called"
         if not keys:
             return None
-        timeout = self.config.publish_timeout(provider.name)
+        timeout = self._publish_timeout(provider)
         try:
             return await self.claims.claim(provider.name, keys, window,
                                            wait=timeout if provider.settings.ack == "broker" else None)
@@ -183,7 +196,7 @@ class Delivery:
             await self._spool(messages, None)
             fields["spooled"] = True
             return
-        timeout = self.config.publish_timeout(provider.name)
+        timeout = self._publish_timeout(provider)
         try:
             await self.publisher.publish(messages, timeout)
         except PublishFailed as exc:

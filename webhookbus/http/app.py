@@ -27,6 +27,7 @@ from webhookbus.log import where
 from webhookbus.metrics import Metrics
 from webhookbus.plugin import Accepted, InboundRequest, Reply, Response, WebhookError, accepted_methods
 from webhookbus.delivery.publish import Publisher, broker_reachable
+from webhookbus.http import reload
 from webhookbus.http.urls import BadForwardedHeader, request_url, trusted
 from webhookbus.delivery.replies import HeldRequests
 from webhookbus.signing import matched_secret_index
@@ -63,25 +64,39 @@ class WebhookBus:
 
     def __init__(self, config: Config, publisher: Publisher | None = None, worker: int = 0) -> None:
         """``worker``: this process's index among ``server.workers`` (which reply partition it reads)."""
-        self.config = config
-        self.server = config.settings.server
         self.metrics = Metrics(enabled=config.settings.admin is not None)
-        self.metrics.serving(config)
         self.delivery = Delivery(config, publisher, self.metrics)
         self.publisher = self.delivery.publisher
-        self.audit = RejectionAudit(config.settings.audit, self.publisher)
         self.held = HeldRequests(config, worker)
+        self.handshakes: dict[str, int] = {}
+        self._configure(config)
+        self._stop_reloading: Callable[[], None] = lambda: None
+        self._in_flight = 0
+        # Request ids: a random prefix per process (the app is built after a worker forks) and
+        # a counter; uuid4 reads os.urandom, a syscall per request that showed in profiles.
+        self._request_ids = map(f"{secrets.token_hex(10)}{{:012x}}".format, itertools.count())
+
+    def _configure(self, config: Config) -> None:
+        """Everything derived from the config, assigned without an await in between."""
+        self.config = config
+        self.server = config.settings.server
+        self.audit = RejectionAudit(config.settings.audit, self.publisher)
         # Longest path first, so /hooks/a/b wins over /hooks/a for /hooks/a/b/c.
         self._providers = sorted(config.providers.values(), key=lambda p: len(p.path), reverse=True)
         self._exact = {p.path: p for p in self._providers}
         self._methods = {p.name: accepted_methods(p.verifier) for p in self._providers}
         self._proxies = trusted(self.server)
-        self.handshakes: dict[str, int] = dict.fromkeys(config.providers, 0)
+        self.handshakes = {name: self.handshakes.get(name, 0) for name in config.providers}
         """Requests answered with a :class:`Reply` (handshakes, no events), per provider."""
-        self._in_flight = 0
-        # Request ids: a random prefix per process (the app is built after a worker forks) and
-        # a counter; uuid4 reads os.urandom, a syscall per request that showed in profiles.
-        self._request_ids = map(f"{secrets.token_hex(10)}{{:012x}}".format, itertools.count())
+        self.metrics.serving(config)
+
+    def reconfigure(self, config: Config) -> None:
+        """Serve ``config`` from the next request on (:mod:`webhookbus.http.reload` checked that
+        it changes only what may change while running).  A request past its provider lookup
+        keeps the verifier, secrets and routes it started with."""
+        self._configure(config)
+        self.delivery.reconfigure(config)
+        self.held.settings = config.settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -103,8 +118,10 @@ class WebhookBus:
                 except Exception as exc:  # hypercorn would otherwise serve without a spool or producer
                     await send({"type": "lifespan.startup.failed", "message": f"cannot start delivery: {exc}"})
                     return
+                self._stop_reloading = reload.listen(self)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                self._stop_reloading()
                 await self.held.close()
                 await self.delivery.close(self.server.graceful_timeout)
                 await send({"type": "lifespan.shutdown.complete"})
@@ -154,7 +171,7 @@ class WebhookBus:
             if scope["method"] not in ("GET", "HEAD"):
                 raise HttpError(405, "method_not_allowed", "use GET", [(b"allow", b"GET, HEAD")])
             return await self._readyz() if path == "/readyz" else _json_response(200, {"status": "ok"})
-        provider = self.provider_for(path)
+        config, provider = self.config, self.provider_for(path)  # what this request is served under
         if provider is None:
             raise HttpError(404, "not_found", "no provider is configured at this path")
         fields["provider"] = provider.name
@@ -171,12 +188,13 @@ class WebhookBus:
         self._in_flight += 1
         self.metrics.request_started()
         try:
-            return await self._deliver(provider, request, fields)
+            return await self._deliver(config, provider, request, fields)
         finally:
             self._in_flight -= 1
             self.metrics.request_ended()
 
-    async def _deliver(self, provider: Provider, request: InboundRequest, fields: dict[str, Any]) -> Response:
+    async def _deliver(self, config: Config, provider: Provider, request: InboundRequest,
+                       fields: dict[str, Any]) -> Response:
         matched_secret_index.set(None)
         try:
             accepted = provider.verifier.verify(request)
@@ -199,7 +217,7 @@ class WebhookBus:
         hold = self.held.hold(provider, accepted, events, request.received_at)  # a Kafka consumer decides
         try:
             await self.delivery.accept(provider, [event.id for event in accepted.events],
-                                       events if hold is None else hold.events, fields)
+                                       events if hold is None else hold.events, fields, config)
             if hold is not None:
                 return await self.held.decision(hold, fields)
         except Refused as exc:

@@ -9,8 +9,8 @@ With ``server.workers`` above one, :func:`run` forks that many worker processes,
 complete single-process server (its own event loop, producer, spool slot) listening on
 its own ``SO_REUSEPORT`` socket, so the kernel spreads connections evenly over them (one
 shared socket would let whichever worker wakes first accept a whole burst of keep-alive
-connections).  The parent only holds the address, relays the shutdown signal and waits
-for the workers to finish gracefully.
+connections).  The parent only holds the address, relays the shutdown signal and SIGHUP
+(a config reload, :mod:`webhookbus.http.reload`) and waits for the workers to finish gracefully.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from hypercorn.utils import wrap_app
 
 from webhookbus import metrics
 from webhookbus.http.admin import AdminServer
+from webhookbus.http import reload
 from webhookbus.http.app import WebhookBus
 from webhookbus.config import Config, ServerSettings
 
@@ -155,6 +156,8 @@ def run(config: Config) -> int:
     # bench/), and forked workers keep those pages shared instead of copying them.
     gc.collect()
     gc.freeze()
+    # Until each process's application listens for SIGHUP (a reload), the default action would end it.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if server.workers == 1:
         with asyncio.Runner(loop_factory=loop_factory(server)) as runner:
             runner.run(serve(config))
@@ -191,6 +194,7 @@ def _run_workers(config: Config, registry: metrics.CollectorRegistry) -> int:
     try:
         for process in processes:
             process.start()
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, reload.relay(lambda: [p.pid for p in processes]))
         if admin is not None:
             admin.start()
         while not stopping and all(process.exitcode is None for process in processes):
