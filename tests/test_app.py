@@ -155,7 +155,7 @@ def test_several_events_of_one_request_without_ids_get_ids_of_their_own():
 
     app, published = app_with(TwoEvents()), []
 
-    async def accept(provider, given_ids, events, fields) -> None:
+    async def accept(provider, given_ids, events, fields, config=None) -> None:
         published.extend(events)
 
     app.delivery.accept = accept  # type: ignore[method-assign]
