@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,9 @@ from typing import Any
 import pytest
 import yaml
 
-from webhookbus.testing import post, read_topic
+from prometheus_client.parser import text_string_to_metric_families
+
+from webhookbus.testing import free_port, post, read_topic
 from webhookbus.testing.process import ServerProcess
 
 PATH = "/webhooks/demo"
@@ -45,9 +48,23 @@ def secret_files(tmp_path: Path) -> dict[str, str]:
 def start(tmp_path: Path, kafka_broker, secrets: list[str], topic: str, workers: int = 1) -> ServerProcess:
     return ServerProcess({
         "server": {"workers": workers},
+        "admin": {"host": "127.0.0.1", "port": free_port()},
         "providers": {"demo": {"verifier": "hmac", "path": PATH, "secrets": secrets, "options": {"id_field": "id"}}},
         "routes": [{"topic": topic}],
     }, kafka_broker.bootstrap, tmp_path / "server").start()
+
+
+def reloads(server: ServerProcess) -> dict[str, float]:
+    """webhookbus_config_reloads_total by result, scraped from the admin listener (every worker)."""
+    admin = yaml.safe_load(server.config_path.read_text())["admin"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin['port']}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    found: Counter[str] = Counter()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "webhookbus_config_reloads_total":
+                found[sample.labels["result"]] += sample.value
+    return dict(found)
 
 
 def rewrite(server: ServerProcess, change: Any) -> None:
@@ -127,6 +144,7 @@ def test_secret_rotation_under_load_loses_no_request(tmp_path, kafka_broker, top
         expected = set(load.accepted) | {"new-after-1"} | {f"new-after-{i}" for i in range(12)}
         records = read_topic(kafka_broker.bootstrap, topic, len(expected), timeout=30)
         assert {json.loads(record.value)["id"] for record in records} == expected, "a request answered 200 is on Kafka"
+        assert reloads(server) == {"ok": 2 * workers}
     finally:
         server.stop()
     lines = [json.loads(line) for line in server.log_path.read_text().splitlines() if line.startswith("{")]
@@ -173,6 +191,7 @@ def test_invalid_or_restart_only_config_is_refused_and_the_old_one_keeps_serving
         while post(server.port, PATH, *signed(NEW, f"after-hup-{time.monotonic()}")).status != 200:
             assert time.monotonic() < deadline, "SIGHUP did not reload"
             time.sleep(0.1)
+        assert reloads(server) == {"ok": 1, "refused": 2}
     finally:
         server.stop()
     lines = [json.loads(line) for line in server.log_path.read_text().splitlines() if line.startswith("{")]
