@@ -13,8 +13,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from webhookbus.events import dotted_get
-from webhookbus.plugin import (Accepted, InboundRequest, ProviderEvent, Reply, Response, VerificationFailed,
-                               installed_verifiers)
+from webhookbus.plugin import (Accepted, InboundRequest, MalformedPayload, ProviderEvent, Reply, Response,
+                               VerificationFailed, VerifierOptions, installed_verifiers, parse_json)
+from webhookbus.signing import require_token
 from webhookbus.testing.contract import ContractCase, VerifierContract
 from webhookbus.testing.samples import SIGNERS, SignedRequest, dev_platform_public_pem, launchkey_kid
 from webhookbus.verifiers.hmac import HmacOptions, HmacVerifier
@@ -177,3 +178,58 @@ def test_an_async_verifier_keeps_the_contract():
 def test_the_suite_fails_a_broken_verifier(broken, check, finding):
     with pytest.raises((pytest.fail.Exception, AssertionError), match=finding):
         getattr(VerifierContract(), check)(hmac_case(broken))
+
+
+# -- a scheme whose secret travels inside the payload ----------------------------------------------
+
+
+class ClientStateVerifier:
+    """Microsoft Graph-style change notifications: each carries the subscription's ``clientState``,
+    the only proof it is authentic, which must then be dropped from what is published."""
+
+    class Options(VerifierOptions):
+        pass
+
+    def __init__(self, options: VerifierOptions, secrets: list[bytes]) -> None:
+        self.secrets = secrets
+
+    def verify(self, request: InboundRequest) -> Accepted:
+        try:
+            notifications, _ = parse_json(request.body)
+        except (ValueError, RecursionError):
+            raise MalformedPayload("body is not JSON") from None
+        if not isinstance(notifications, dict) or not isinstance(notifications.get("value"), list) \
+                or not notifications["value"] or not all(isinstance(n, dict) for n in notifications["value"]):
+            raise MalformedPayload("no notifications")
+        for notification in notifications["value"]:
+            require_token(self.secrets, notification.get("clientState"), "clientState")
+        return Accepted(*(ProviderEvent(name="changed", data=self.published(n)) for n in notifications["value"]))
+
+    def published(self, notification: dict) -> dict:
+        return {key: value for key, value in notification.items() if key != "clientState"}
+
+
+class PublishesItsClientState(ClientStateVerifier):
+    def published(self, notification: dict) -> dict:
+        return notification
+
+
+def client_state_case(verifier_class: type[ClientStateVerifier]) -> ContractCase:
+    def sign(state: bytes) -> SignedRequest:
+        body = {"value": [{"subscriptionId": "sub-1", "changeType": "created", "resource": "Users/1",
+                           "clientState": state.decode()}]}
+        return SignedRequest("POST", "/graph", {"Content-Type": "application/json"}, json.dumps(body).encode())
+
+    return ContractCase(verifier=verifier_class(ClientStateVerifier.Options(), [SECRET]), sign=lambda: sign(SECRET),
+                        forge=lambda: sign(OTHER), secrets=[SECRET], authenticates=("payload",))
+
+
+class TestASecretInsideThePayload(VerifierContract):
+    @pytest.fixture
+    def contract_case(self) -> ContractCase:
+        return client_state_case(ClientStateVerifier)
+
+
+def test_the_suite_fails_a_verifier_that_publishes_the_secret_inside_the_payload():
+    with pytest.raises(AssertionError, match="a secret reaches the published record"):
+        VerifierContract().test_no_secret_reaches_the_published_records(client_state_case(PublishesItsClientState))
