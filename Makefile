@@ -22,8 +22,13 @@ test: $(STAMP) test-deps
 	$(BIN)/python -m pytest -q
 
 # Debian's redis-server: the Redis dedup store's tests start their own (make run needs none).
+# Debian's chromium: tests/test_status_page.py loads the admin status page in it, headless; where it
+# cannot be installed (not root, no apt) that one test is skipped, saying why.
 test-deps:
 	@command -v redis-server >/dev/null || { apt-get update -q && apt-get install -y -q --no-install-recommends redis-server; }
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -q && apt-get install -y -q --no-install-recommends chromium; } || \
+		echo "no chromium (not root, or no apt): the status page browser test will be skipped"
 
 check: $(STAMP)
 	$(BIN)/webhookbus check --config $(CONFIG)

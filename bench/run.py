@@ -92,7 +92,7 @@ class Run:
         return self._files[key]
 
     def webhookbus(self, name: str, bootstrap: str, topic: str, port: int, *, workers: int = 1, providers: int = 1,
-                   ack: str = "broker", loop: str = "auto") -> Server:
+                   ack: str = "broker", loop: str = "auto", metrics: bool = False) -> Server:
         paths = ["/webhooks/uip"] if providers == 1 else [f"/webhooks/uip-{i}" for i in range(providers)]
         names = [path.rsplit("/", 1)[1] for path in paths]
         settings: dict[str, Any] = {
@@ -104,6 +104,8 @@ class Run:
             "unrouted": {"action": "drop"},
             "spool": {"directory": str(self.workdir / f"spool-{uuid.uuid4().hex[:8]}")},
         }
+        if metrics:  # the admin listener: every request counted (nothing scrapes it during the run)
+            settings["admin"] = {"host": "127.0.0.1", "port": free_port()}
         config = self.workdir / f"{uuid.uuid4().hex[:8]}.yaml"
         config.write_text(yaml.safe_dump(settings, sort_keys=False))
         os.environ.setdefault(SECRET_ENV, SECRET)
@@ -216,12 +218,18 @@ class Run:
             http("webhookbus-spool", "2xx after the local fsync; Kafka after",
                  lambda bootstrap, topic, port: self.webhookbus("webhookbus, 1 worker, ack=spool", bootstrap, topic,
                                                                 port, ack="spool"))
+        http("webhookbus-metrics", "admin: metrics on (the row above has none)",
+             lambda bootstrap, topic, port: self.webhookbus("webhookbus, 1 worker, ack=broker, metrics", bootstrap,
+                                                            topic, port, metrics=True))
         http("webhookbus-asyncio", "server.loop: asyncio",
              lambda bootstrap, topic, port: self.webhookbus("webhookbus, 1 worker, ack=broker, asyncio", bootstrap,
                                                             topic, port, loop="asyncio"))
         http("webhookbus-workers", "server.workers = cores",
              lambda bootstrap, topic, port: self.webhookbus(f"webhookbus, {cores} workers, ack=broker", bootstrap,
                                                             topic, port, workers=cores))
+        http("webhookbus-workers-metrics", "server.workers = cores, admin: metrics on (multiprocess files)",
+             lambda bootstrap, topic, port: self.webhookbus(f"webhookbus, {cores} workers, ack=broker, metrics",
+                                                            bootstrap, topic, port, workers=cores, metrics=True))
         http("express", "acks=-1, NOT idempotent (the test broker rejects kafkajs's InitProducerId)",
              lambda bootstrap, topic, port: Server(
                  "Express + kafkajs", ["node", str(EXPRESS / "server.js")],
@@ -405,8 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--rate", type=float, help="fixed offered rate (default: half webhookbus's saturation)")
     parser.add_argument("--max-rps", type=float, default=6000, help="sizes the request files (distinct events)")
-    parser.add_argument("--only", help="comma-separated: webhookbus,webhookbus-spool,webhookbus-asyncio,"
-                                       "webhookbus-workers,express,bare,bare-asyncio,ceiling")
+    parser.add_argument("--only", help="comma-separated: webhookbus,webhookbus-metrics,webhookbus-spool,"
+                                       "webhookbus-asyncio,webhookbus-workers,webhookbus-workers-metrics,express,"
+                                       "bare,bare-asyncio,ceiling")
     parser.add_argument("--no-spool", dest="spool", action="store_false", help="skip the ack=spool contender")
     parser.add_argument("--no-scaling", action="store_true")
     parser.add_argument("--rounds", type=int, default=1,

@@ -177,6 +177,7 @@ def test_a_taken_admin_port_names_the_admin_setting():
     import socket
 
     from webhookbus.http.server import ListenError, admin_server
+    from webhookbus.activity import Snapshot
     from webhookbus.metrics import Metrics, scrape_registry
 
     with socket.socket() as taken:
@@ -184,4 +185,4 @@ def test_a_taken_admin_port_names_the_admin_setting():
         taken.listen()
         config = parse_config(f"admin: {{port: {taken.getsockname()[1]}}}\n")
         with pytest.raises(ListenError, match=r"address already in use .*set admin\.port or WEBHOOKBUS_ADMIN__PORT"):
-            admin_server(config, scrape_registry(config, Metrics()))
+            admin_server(config, scrape_registry(config, Metrics()), Snapshot)

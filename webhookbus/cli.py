@@ -292,7 +292,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         exe = os.path.relpath(sys.argv[0]) if os.path.sep in sys.argv[0] else "webhookbus"
         print(f"broker on {broker.bootstrap}; listener on {url}")
         if config.settings.admin is not None:
-            print(f"admin on {base_url(config.settings.admin)}: /metrics, /healthz, /readyz")
+            print(f"admin on {base_url(config.settings.admin)}/ (status page); /metrics, /healthz, /readyz")
         print()
         for provider in config.providers.values():
             sample = sample_request(provider, url=public_url(config, provider, url))

@@ -222,6 +222,6 @@ def samples(registry: CollectorRegistry, name: str) -> Iterable[tuple[dict[str, 
 
 
 def remove_directory(directory: str | os.PathLike[str]) -> None:
-    for path in Path(directory).glob("*.db"):
+    for path in Path(directory).iterdir():  # the workers' metric files and activity (webhookbus.activity)
         path.unlink(missing_ok=True)
     Path(directory).rmdir()

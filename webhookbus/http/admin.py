@@ -1,4 +1,4 @@
-"""The admin listener: ``/metrics``, ``/healthz``, ``/readyz`` (and the status page), off the public port.
+"""The admin listener: the status page (``/``), ``/metrics``, ``/healthz``, ``/readyz``, off the public port.
 
 It is a WSGI app on prometheus-client's threading WSGI server, not a second app on the
 engine that serves webhooks, because:
@@ -25,8 +25,10 @@ from wsgiref.simple_server import WSGIRequestHandler
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
+from webhookbus.activity import Snapshot
 from webhookbus.config import Config
 from webhookbus.delivery.publish import broker_reachable
+from webhookbus.http.status import render
 from webhookbus.metrics import samples
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
@@ -49,22 +51,29 @@ def _json(start_response: StartResponse, status: str, payload: dict[str, Any],
 
 
 class AdminApp:
-    """The WSGI application; ``registry`` is what a scrape reads (:func:`webhookbus.metrics.scrape_registry`)."""
+    """The WSGI application; ``registry`` is what a scrape reads (:func:`webhookbus.metrics.scrape_registry`),
+    ``activity`` gives the providers' recent activity (:mod:`webhookbus.activity`)."""
 
-    def __init__(self, config: Config, registry: CollectorRegistry) -> None:
+    def __init__(self, config: Config, registry: CollectorRegistry, activity: Callable[[], Snapshot]) -> None:
         self.config = config
         self.registry = registry
+        self.activity = activity
         self._metrics = make_wsgi_app(registry)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
         path, method = environ.get("PATH_INFO", "/"), environ["REQUEST_METHOD"]
         if path == "/metrics":
             return self._metrics(environ, start_response)  # type: ignore[no-any-return]
-        if path not in ("/healthz", "/readyz"):
+        if path not in ("/", "/healthz", "/readyz"):
             return _json(start_response, "404 Not Found", {"error": "not_found", "detail": "no such admin page"})
         if method not in ("GET", "HEAD"):
             return _json(start_response, "405 Method Not Allowed", {"error": "method_not_allowed", "detail": "use GET"},
                          [("Allow", "GET, HEAD")])
+        if path == "/":
+            page = render(self.config, self.registry, self.activity())
+            start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(page))),
+                                      ("Cache-Control", "no-store")])
+            return [page]
         if path == "/healthz":
             return _json(start_response, "200 OK", {"status": "ok"})
         ok, reason = self.ready()
@@ -83,12 +92,12 @@ class AdminApp:
 class AdminServer:
     """Bound and listening once built (so a taken port fails before anything starts); serves once started."""
 
-    def __init__(self, config: Config, registry: CollectorRegistry) -> None:
+    def __init__(self, config: Config, registry: CollectorRegistry, activity: Callable[[], Snapshot]) -> None:
         admin = config.settings.admin
         assert admin is not None, "no admin section"
         family = socket.AF_INET6 if ":" in admin.host else socket.AF_INET
         server_class = type("AdminWSGIServer", (_Server,), {"address_family": family})
-        self.app = AdminApp(config, registry)
+        self.app = AdminApp(config, registry, activity)
         self.server = server_class((admin.host, admin.port), _Quiet)
         self.server.set_app(self.app)
         self.port: int = self.server.server_address[1]

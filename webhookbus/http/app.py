@@ -24,7 +24,8 @@ from webhookbus.config import Config, Provider
 from webhookbus.delivery.delivery import Delivery, EventTooLarge, Refused
 from webhookbus.events import normalize
 from webhookbus.log import where
-from webhookbus.metrics import Metrics
+from webhookbus.activity import Activity
+from webhookbus.metrics import Metrics, shared_directory
 from webhookbus.plugin import Accepted, InboundRequest, Reply, Response, WebhookError, accepted_methods
 from webhookbus.delivery.publish import Publisher, broker_reachable
 from webhookbus.http import reload
@@ -65,6 +66,8 @@ class WebhookBus:
     def __init__(self, config: Config, publisher: Publisher | None = None, worker: int = 0) -> None:
         """``worker``: this process's index among ``server.workers`` (which reply partition it reads)."""
         self.metrics = Metrics(enabled=config.settings.admin is not None)
+        admin = config.settings.admin
+        self.activity = Activity(admin.recent_rejections if admin else 0, admin is not None, shared_directory())
         self.delivery = Delivery(config, publisher, self.metrics)
         self.publisher = self.delivery.publisher
         self.held = HeldRequests(config, worker)
@@ -89,6 +92,7 @@ class WebhookBus:
         self.handshakes = {name: self.handshakes.get(name, 0) for name in config.providers}
         """Requests answered with a :class:`Reply` (handshakes, no events), per provider."""
         self.metrics.serving(config)
+        self.activity.serving(config)
 
     def reconfigure(self, config: Config) -> None:
         """Serve ``config`` from the next request on (:mod:`webhookbus.http.reload` checked that
@@ -159,6 +163,7 @@ class WebhookBus:
             log.log(level, "request", extra=fields)
         if probe is None:
             self.metrics.answered(fields.get("provider", ""), response.status, elapsed)
+            self.activity.answered(fields.get("provider"), response.status, fields)
         headers += [(b"content-type", response.content_type.encode()), (b"x-request-id", request_id.encode()),
                     (b"content-length", b"%d" % len(response.body))]  # not chunked: one write less
         await send({"type": "http.response.start", "status": response.status, "headers": headers})

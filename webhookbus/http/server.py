@@ -26,6 +26,7 @@ import signal
 import ssl
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from multiprocessing.connection import wait
 
 from hypercorn.asyncio.run import worker_serve
@@ -34,6 +35,7 @@ from hypercorn.config import Sockets
 from hypercorn.utils import wrap_app
 
 from webhookbus import metrics
+from webhookbus.activity import Snapshot, merged
 from webhookbus.http.admin import AdminServer
 from webhookbus.http import reload
 from webhookbus.http.app import WebhookBus
@@ -72,13 +74,14 @@ def _listen_error(exc: OSError, host: str, port: int, section: str) -> Exception
                        .replace("WEBHOOKBUS_SERVER__", f"WEBHOOKBUS_{section.upper()}__"))
 
 
-def admin_server(config: Config, registry: metrics.CollectorRegistry) -> AdminServer | None:
+def admin_server(config: Config, registry: metrics.CollectorRegistry,
+                 activity: Callable[[], Snapshot]) -> AdminServer | None:
     """The admin listener, bound (:class:`ListenError` when it cannot be), or None without ``admin:``."""
     admin = config.settings.admin
     if admin is None:
         return None
     try:
-        return AdminServer(config, registry)
+        return AdminServer(config, registry, activity)
     except OSError as exc:
         raise _listen_error(exc, admin.host, admin.port, "admin") from None
 
@@ -124,7 +127,7 @@ async def serve(config: Config, shutdown: asyncio.Event | None = None, sockets: 
     try:
         app = WebhookBus(config, worker=worker)
         if with_admin:
-            admin = admin_server(config, metrics.scrape_registry(config, app.metrics))
+            admin = admin_server(config, metrics.scrape_registry(config, app.metrics), app.activity.snapshot)
         if admin is not None:
             admin.start()
         if shutdown is None:
@@ -176,7 +179,9 @@ def run(config: Config) -> int:
 
 def _run_workers(config: Config, registry: metrics.CollectorRegistry) -> int:
     server = config.settings.server
-    admin = admin_server(config, registry)  # bound before the workers start, served once they run
+    keep = config.settings.admin.recent_rejections if config.settings.admin else 0
+    activity = partial(merged, metrics.shared_directory() or "", keep)
+    admin = admin_server(config, registry, activity)  # bound before the workers start, served once they run
     # Bound, never listening: holds the address (and resolves port 0) without taking connections.
     held = bind(server, _reuseport_config(server))
     port = [*held.secure_sockets, *held.insecure_sockets][0].getsockname()[1]

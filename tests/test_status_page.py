@@ -1,0 +1,123 @@
+"""The status page on the admin listener: loaded in headless Chromium (one worker) and fetched
+from the parent of two forked workers, its content checked against the requests sent."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+import urllib.request
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from webhookbus.metrics import config_version
+from webhookbus.testing import free_port, post
+
+from test_metrics import PATH, settings, signed, workers  # noqa: F401 - workers is a fixture
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+class Tables(HTMLParser):
+    """Each table's rows as lists of cell texts, in page order (headers included)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: list[list[list[str]]] = []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:  # type: ignore[type-arg]
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[-1][-1].append("".join(self._cell).strip())
+            self._cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def tables(html: str) -> dict[str, list[dict[str, str]]]:
+    """Tables keyed by their first header, each row as {header: cell}."""
+    parser = Tables()
+    parser.feed(html)
+    return {rows[0][0]: [dict(zip(rows[0], row)) for row in rows[1:]] for rows in parser.tables}
+
+
+def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    browser = shutil.which("chromium")
+    if browser is None:
+        pytest.skip("Debian's chromium is not installed: `make test` installs it when run as root with apt")
+    return subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}", *args],
+                          capture_output=True, text=True, timeout=90, check=True)
+
+
+def send(port: int, accepted: int, forged: int) -> list[str]:
+    """The forged requests' signature header values, which the page must never show."""
+    for index in range(accepted):
+        assert post(port, PATH, *signed(f"page-{index}")).status == 200
+    values = []
+    for index in range(forged):
+        body, headers = signed(f"page-forged-{index}", "wrong-secret")
+        values.append(headers["x-signature"])
+        assert post(port, PATH, body, headers).status == 401
+    return values
+
+
+def test_the_status_page_in_a_browser_shows_what_was_sent(webhookbus_listener, topic_name, tmp_path):
+    admin = free_port()
+    listener = webhookbus_listener(settings(topic_name("status"), admin))
+    header_values = send(listener.port, accepted=4, forged=3)
+    url = f"http://127.0.0.1:{admin}/"
+
+    dom = chromium(tmp_path, "--dump-dom", url).stdout
+    found = tables(dom)
+    [demo] = found["provider"]
+    assert (demo["provider"], demo["path"], demo["verifier"]) == ("demo", PATH, "hmac")
+    assert demo["requests by status"] == "200: 4 · 401: 3"
+    assert "UTC (" in demo["last accepted"] and "UTC (" in demo["last refused"]
+    refusals = found["when"]
+    assert len(refusals) == 3
+    assert {(r["provider"], r["status"], r["error"]) for r in refusals} == {("demo", "401", "verification_failed")}
+    assert all(r["client"].startswith("127.0.0.1:") for r in refusals)
+    assert not any(value in dom for value in header_values), "a header value on the status page"
+    assert [row["records to forward"] for row in found["slot"]] == ["0"]
+    assert [row["producer"] for row in found["process"]] == ["connected"]
+    assert [(row["served by"], row["version"]) for row in found["served by"]] == [
+        ("this process", config_version(listener.config))]
+    assert '<meta name="viewport"' in dom and "<script" not in dom
+
+    for name, size in (("phone", "412,1400"), ("desktop", "1280,900")):
+        screenshot = tmp_path / f"status-page-{name}.png"
+        chromium(tmp_path, f"--screenshot={screenshot}", f"--window-size={size}", "--hide-scrollbars", url)
+        assert screenshot.stat().st_size > 10_000
+        print(f"screenshot: {screenshot}")
+
+
+def test_with_two_workers_the_page_sums_both(workers):
+    port, admin, _, _ = workers
+    send(port, accepted=12, forged=8)  # a connection each: the kernel spreads them over both workers
+    deadline = time.monotonic() + 10
+    while True:  # each worker writes its refusals for the parent at most once a second
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/", timeout=10) as response:
+            found = tables(response.read().decode())
+        if len(found.get("when", [])) == 8 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert found["provider"][0]["requests by status"] == "200: 12 · 401: 8"
+    assert len(found["when"]) == 8
+    assert len(found["slot"]) == 2, "one spool slot per worker"
+    producers = found["process"]
+    assert len(producers) == 2 and all(row["process"].startswith("worker pid ") for row in producers)
+    assert all(row["producer"] == "connected" for row in producers)
+    assert {row["served by"] for row in found["served by"]} == {row["process"] for row in producers}
