@@ -43,6 +43,10 @@ bench-deps: $(STAMP)
 bench: bench-deps
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
+# The latency a blocking hook answered from Kafka adds (route reply); HOOK_ARGS="--rate 200 --seconds 30".
+bench-hook: $(STAMP)
+	$(BIN)/python bench/blocking_hook.py $(HOOK_ARGS)
+
 # Broker restarts and SIGKILLs under load; `make test` runs a short form. See bench/chaos.py.
 chaos: $(STAMP)
 	$(BIN)/python bench/chaos.py --events 20000 --cycles 6 $(CHAOS_ARGS)

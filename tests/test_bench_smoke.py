@@ -89,3 +89,19 @@ def test_rounds_merge_into_medians_and_keep_every_loss():
     assert (merged.rps, merged.p99_ms, merged.cpu_per_1k) == (2500, 7, 0.45)
     assert (merged.accepted, merged.delivered, merged.lost, merged.peak_rss_mb) == (30, 29, 1, 85)
     assert merged.extra["rounds_rps"] == [2000, 3000, 2500]
+
+
+def test_blocking_hook_requests_are_user_pre_create_events_the_authgear_verifier_accepts():
+    from blocking_hook import PATH, SECRET as HOOK_SECRET, request
+
+    from webhookbus.verifiers.authgear import AuthgearOptions, AuthgearVerifier
+
+    verifier = AuthgearVerifier(AuthgearOptions(), (HOOK_SECRET,))
+    for index in (0, 1):
+        body, headers = request(index)
+        inbound = InboundRequest("authgear", "POST", PATH, "", {k.lower(): v for k, v in headers.items()}, body,
+                                 datetime.now(timezone.utc))
+        accepted = verifier.verify(inbound)
+        assert accepted.events[0].name == "user.pre_create" and accepted.response is not None
+        email = accepted.events[0].data["payload"]["user"]["standard_attributes"]["email"]
+        assert email.endswith("@blocked.test") is (index == 0), "one in ten is for the policy to deny"

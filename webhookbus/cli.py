@@ -88,6 +88,10 @@ def cmd_check(args: argparse.Namespace) -> int:
                      (("drop", route.pii.drop), ("hash", route.pii.hash), ("mask", route.pii.mask),
                       ("keep", route.pii.keep)) if paths]
             print(f"      pii: {'; '.join(rules) or 'no fields'}")
+        if route.reply is not None:
+            fallback = route.reply.fallback if route.reply.fallback == "static" else json.dumps(route.reply.fallback)
+            print(f"      decided by a Kafka consumer: reply on {route.reply.topic} within {route.reply.timeout:g} s, "
+                  f"else {fallback}")
     unrouted = settings.unrouted
     print(f"  unrouted: {unrouted.action}{' -> ' + unrouted.topic if unrouted.topic else ''}")
     for warning in [*config.warnings, *route_warnings(settings), *pii_warnings(config)]:
