@@ -262,3 +262,26 @@ def test_a_record_that_cannot_be_encoded_fails_its_request_and_the_writer_goes_o
     asyncio.run(asyncio.wait_for(main(), 10))
     assert values(spool) == [message(2).value]
     spool.close()
+
+
+def test_slot_status_counts_what_is_not_acked_across_segments(tmp_path):
+    """What `spool status` and the admin listener's spool gauges show, from two segments' headers."""
+    import time
+
+    spool = Spool(tmp_path, 1 << 20, 400)  # a few records per segment
+    before = time.time()
+    append_all(spool, [[message(n, size=100)] for n in range(12)])
+    segments = list_segments(spool.slot)
+    assert len(segments) >= 3
+    [status] = spool_status(tmp_path)
+    assert (status.records, status.oldest is not None and status.oldest >= before) == (12, True)
+    assert status.bytes == sum(p.stat().st_size for p in spool.slot.glob("*.seg"))
+
+    accepted_at = {r.seq: r.accepted_at for first in segments for r in read_frames(segment_path(spool.slot, first))[0]}
+    spool.release(segments[1] + 1, final=True)  # acked up to the second record of the second segment
+    [status] = spool_status(tmp_path)
+    assert (status.records, status.oldest) == (12 - (segments[1] + 1), accepted_at[segments[1] + 1])
+
+    spool.release(12, final=True)
+    assert spool_status(tmp_path)[0].records == 0 and spool_status(tmp_path)[0].oldest is None
+    spool.close()
