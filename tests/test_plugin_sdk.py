@@ -219,3 +219,44 @@ def test_cli_output_into_a_closed_pipe_ends_quietly(command):
     stderr = process.stderr.read().decode()
     process.wait(60)
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+
+
+# -- 8. fixtures with parameters -------------------------------------------------------------------
+
+INNER_TEST = '''
+import hashlib, hmac, json
+
+def test_inner(kafka_broker, webhookbus_listener, read_events, topic_name):
+    assert kafka_broker.bootstrap == "{bootstrap}"
+    topic = topic_name("fixture")
+    listener = webhookbus_listener({{
+        "providers": {{"demo": {{"verifier": "hmac", "path": "/h", "secrets": ["literal:fixture-secret"]}}}},
+        "routes": [{{"provider": "demo", "topic": topic}}]}}, port={port})
+    assert listener.port == {port}
+    body = json.dumps({{"n": 1}}).encode()
+    signature = hmac.new(b"fixture-secret", body, hashlib.sha256).hexdigest()
+    assert listener.post("/h", body, {{"x-signature": signature}}).status == 200
+    assert len(read_events(topic, 1)) == 1
+'''
+
+
+def run_inner(tmp_path, bootstrap: str, *options: str) -> subprocess.CompletedProcess[str]:
+    from webhookbus.testing import free_port
+
+    test = tmp_path / "test_inner.py"
+    test.write_text(INNER_TEST.format(bootstrap=bootstrap, port=free_port()))
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+                           str(test), *options], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+
+def test_the_session_broker_on_a_chosen_port_and_a_listener_on_a_chosen_port(tmp_path):
+    from webhookbus.testing import free_port
+
+    port = free_port()
+    inner = run_inner(tmp_path, f"127.0.0.1:{port}", "--webhookbus-broker-port", str(port))
+    assert inner.returncode == 0, inner.stdout + inner.stderr
+
+
+def test_an_already_running_kafka_instead_of_a_new_broker(tmp_path, kafka_broker):
+    inner = run_inner(tmp_path, kafka_broker.bootstrap, "--webhookbus-bootstrap", kafka_broker.bootstrap)
+    assert inner.returncode == 0, inner.stdout + inner.stderr

@@ -1,9 +1,12 @@
 """pytest fixtures for webhookbus and its plugins, registered through the ``pytest11`` entry point.
 
-- ``kafka_broker``: one real broker for the whole session (a :class:`Broker`).
+- ``kafka_broker``: one real broker for the whole session (a :class:`Broker`); ``pytest
+  --webhookbus-broker-port N`` starts it on port N, ``--webhookbus-bootstrap HOST:PORT`` uses a
+  Kafka that is already running instead (an :class:`ExternalBroker`).
 - ``own_broker``: a broker for one test that may stop and restart it.
-- ``webhookbus_listener``: a factory; ``webhookbus_listener(config_dict)`` starts a listener
-  on the session broker (or ``bootstrap=``) and stops it after the test.
+- ``webhookbus_listener``: a factory; ``webhookbus_listener(config_dict, bootstrap=None, port=None)``
+  starts a listener with that config (the YAML file as a dict) on the session broker (or
+  ``bootstrap``), on a free port (or ``port``), and stops it after the test.
 - ``redis_server``: one real Redis (Debian's ``redis-server``) for the whole session; ``own_redis``:
   one for a test that may kill, pause or restart it (a :class:`RedisServer`).
 - ``topic_name``: a fresh topic name per call, so tests never read each other's records.
@@ -15,18 +18,38 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from webhookbus.testing.broker import Broker, read_topic, to_cloudevent
+from webhookbus.testing.broker import Broker, free_port, read_topic, to_cloudevent
 from webhookbus.testing.listener import Listener
 from webhookbus.testing.redis import RedisServer
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("webhookbus")
+    group.addoption("--webhookbus-broker-port", type=int, help="port of the session's broker (default: a free one)")
+    group.addoption("--webhookbus-bootstrap", metavar="HOST:PORT",
+                    help="use this running Kafka as kafka_broker instead of starting one")
+
+
+@dataclass(frozen=True)
+class ExternalBroker:
+    """A Kafka the tests did not start (``--webhookbus-bootstrap``): it is neither started nor stopped."""
+
+    bootstrap: str
+
+
 @pytest.fixture(scope="session")
-def kafka_broker() -> Iterator[Broker]:
-    broker = Broker().start()
+def kafka_broker(pytestconfig: pytest.Config) -> Iterator[Broker | ExternalBroker]:
+    external = pytestconfig.getoption("webhookbus_bootstrap")
+    if external:
+        yield ExternalBroker(external)
+        return
+    port = pytestconfig.getoption("webhookbus_broker_port")
+    broker = (Broker() if port is None else Broker(port=port)).start()
     yield broker
     broker.stop()
 
@@ -53,11 +76,12 @@ def own_redis() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def webhookbus_listener(kafka_broker: Broker) -> Iterator[Callable[..., Listener]]:
+def webhookbus_listener(kafka_broker: Broker | ExternalBroker) -> Iterator[Callable[..., Listener]]:
     started: list[Listener] = []
 
-    def start(settings: dict[str, Any], bootstrap: str | None = None) -> Listener:
-        listener = Listener(settings, bootstrap or kafka_broker.bootstrap).__enter__()
+    def start(settings: dict[str, Any], bootstrap: str | None = None, port: int | None = None) -> Listener:
+        listener = Listener(settings, bootstrap or kafka_broker.bootstrap, free_port() if port is None else port)
+        listener.__enter__()
         started.append(listener)
         return listener
 
@@ -72,7 +96,7 @@ def topic_name() -> Callable[[str], str]:
 
 
 @pytest.fixture
-def read_events(kafka_broker: Broker) -> Callable[..., list[Any]]:
+def read_events(kafka_broker: Broker | ExternalBroker) -> Callable[..., list[Any]]:
     def read(topic: str, count: int, timeout: float = 10.0) -> list[Any]:
         return [to_cloudevent(record) for record in read_topic(kafka_broker.bootstrap, topic, count, timeout)]
 
