@@ -45,7 +45,9 @@ class TestStripeContract(VerifierContract):
             verifier=StripeVerifier(options, [SECRET]),
             sign=lambda: sign(options, SECRET, PATH),
             forge=lambda: sign(options, b"whsec_someone_else", PATH),
+            sign_payload=lambda data: sign(options, SECRET, PATH, data),  # JSON values in every field
             secrets=[SECRET],
+            authenticates=("body", "headers"),  # what the signature covers; see docs/plugins.md
             provider="stripe",
         )
 
