@@ -213,7 +213,8 @@ class WebhookBus:
             fields["secret_index"] = matched_secret_index.get()
         if isinstance(accepted, Reply):  # a handshake: nothing to publish, nothing to wait for
             fields["handshake"] = accepted.what
-            self.handshakes[provider.name] += 1
+            # .get: a reload may have removed the provider while this request was being verified.
+            self.handshakes[provider.name] = self.handshakes.get(provider.name, 0) + 1
             return accepted.response
         several = len(accepted.events) > 1
         events = [normalize(request, provider.settings.verifier, event, index if several else None)
