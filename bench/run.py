@@ -39,6 +39,7 @@ from signed import SECRET, SECRET_ENV, signed_requests, write_wrk_file  # noqa: 
 from webhookbus.config import parse_config  # noqa: E402
 from webhookbus.testing.broker import Broker, free_port, wait_for_port  # noqa: E402
 from webhookbus.testing.listener import post  # noqa: E402
+from webhookbus.testing.redis import RedisServer  # noqa: E402
 
 EXPRESS = BENCH / "baselines" / "express"
 MAX_FILE_BYTES = 256 * 1024 * 1024  # request file per contender; past its end wrk wraps around
@@ -54,6 +55,7 @@ class Server:
     paths: list[str]
     topic: str | None  # None: the contender does not publish (bare server)
     ready_path: str | None = None  # GET it until 200 (webhookbus: /readyz); else an open port suffices
+    also_pids: list[int] = field(default_factory=list)  # processes whose CPU and RSS count as the contender's (Redis)
 
 
 @dataclass
@@ -79,6 +81,15 @@ class Run:
         self.workdir = workdir
         self.rate: float | None = args.rate
         self._files: dict[tuple[tuple[str, ...], int], tuple[Path, int]] = {}
+        self.redis: RedisServer | None = None
+
+    def fresh_redis(self) -> RedisServer:
+        """An empty redis-server for the Redis dedup store's row: the request file repeats every
+        round, and a Redis that remembered the last round's ids would answer them as duplicates."""
+        if self.redis is not None:
+            self.redis.stop()
+        self.redis = RedisServer().start()
+        return self.redis
 
     def request_file(self, paths: list[str], size: int) -> tuple[Path, int]:
         """Enough distinct signed requests for one contender's phases, and how many there are."""
@@ -92,7 +103,8 @@ class Run:
         return self._files[key]
 
     def webhookbus(self, name: str, bootstrap: str, topic: str, port: int, *, workers: int = 1, providers: int = 1,
-                   ack: str = "broker", loop: str = "auto", metrics: bool = False) -> Server:
+                   ack: str = "broker", loop: str = "auto", metrics: bool = False,
+                   redis: RedisServer | None = None) -> Server:
         paths = ["/webhooks/uip"] if providers == 1 else [f"/webhooks/uip-{i}" for i in range(providers)]
         names = [path.rsplit("/", 1)[1] for path in paths]
         settings: dict[str, Any] = {
@@ -103,6 +115,7 @@ class Run:
             "routes": [{"provider": n, "type": f"{n}.*", "topic": topic} for n in names],
             "unrouted": {"action": "drop"},
             "spool": {"directory": str(self.workdir / f"spool-{uuid.uuid4().hex[:8]}")},
+            "dedup": {"store": redis.url if redis is not None else "local"},
         }
         if metrics:  # the admin listener: every request counted (nothing scrapes it during the run)
             settings["admin"] = {"host": "127.0.0.1", "port": free_port()}
@@ -111,7 +124,8 @@ class Run:
         os.environ.setdefault(SECRET_ENV, SECRET)
         parse_config(config.read_text(), str(config))  # a config error fails here, loudly
         return Server(name, [sys.executable, "-m", "webhookbus.cli", "serve", "--config", str(config)],
-                      {SECRET_ENV: SECRET}, paths, topic, ready_path="/readyz")
+                      {SECRET_ENV: SECRET}, paths, topic, ready_path="/readyz",
+                      also_pids=[redis.process.pid] if redis is not None and redis.process is not None else [])
 
     def measure_http(self, server: Server, port: int, broker: Broker, *, size: int = 600,
                      fixed_rate: bool = True) -> Result:
@@ -135,7 +149,7 @@ class Run:
             if server.ready_path:
                 _wait_ready(port, server.ready_path)
             load(args.warmup)
-            tree = process_tree(process.pid)
+            tree = process_tree(process.pid) + server.also_pids
             cpu_before = cpu_seconds(tree)
             saturation = load(args.seconds)
             cpu_used = cpu_seconds(tree) - cpu_before
@@ -148,7 +162,7 @@ class Run:
                 fixed = load(args.seconds, rate=self.rate)
                 result.p50_ms, result.p99_ms, result.p999_ms = fixed.p50_ms, fixed.p99_ms, fixed.p999_ms
                 result.extra["fixed_rate"] = asdict(fixed) | {"offered": round(self.rate * fixed.seconds)}
-            result.peak_rss_mb = peak_rss_mb(process_tree(process.pid))
+            result.peak_rss_mb = peak_rss_mb(process_tree(process.pid) + server.also_pids)
         finally:
             _stop(process)
             log.close()
@@ -214,6 +228,9 @@ class Run:
 
         http("webhookbus", "uip verifier; acks=all, idempotent; 2xx after the broker's ack",
              lambda bootstrap, topic, port: self.webhookbus("webhookbus, 1 worker, ack=broker", bootstrap, topic, port))
+        http("webhookbus-redis", "dedup.store: redis:// (Debian's redis-server on loopback; its CPU and RSS counted)",
+             lambda bootstrap, topic, port: self.webhookbus("webhookbus, 1 worker, ack=broker, redis", bootstrap, topic,
+                                                            port, redis=self.fresh_redis()))
         if self.args.spool:
             http("webhookbus-spool", "2xx after the local fsync; Kafka after",
                  lambda bootstrap, topic, port: self.webhookbus("webhookbus, 1 worker, ack=spool", bootstrap, topic,
@@ -348,7 +365,7 @@ def median_of(results: tuple[Result, ...]) -> Result:
 
 def ratios(results: list[Result]) -> dict[str, Any]:
     """The benchmark issue's targets, from this run's figures only."""
-    one_worker = [r for r in results if r.name.startswith("webhookbus, 1 worker") and not r.name.endswith("asyncio")]
+    one_worker = [r for r in results if r.name.startswith("webhookbus, 1 worker") and not r.name.endswith(("asyncio", "redis"))]
     one = next((r for r in one_worker if r.name.endswith("ack=broker")), None)
     express = next((r for r in results if r.name.startswith("Express")), None)
     bare = next((r for r in results if r.name == "bare hypercorn, answers 200"), None)  # the same loop as `one`
@@ -364,7 +381,18 @@ def ratios(results: list[Result]) -> dict[str, Any]:
     if bare is not None and bare.rps:
         targets["best 1-worker mode vs bare hypercorn (>= 0.75x)"] = _target(best.rps / bare.rps, 0.75, "x", best.name)
     targets["peak RSS of one worker (< 120 MB)"] = _target(one.peak_rss_mb, 120, " MB", below=True)
-    return {"vs_webhookbus_1_worker": {r.name: round(r.rps / one.rps, 3) for r in results}, "targets": targets}
+    summary: dict[str, Any] = {"vs_webhookbus_1_worker": {r.name: round(r.rps / one.rps, 3) for r in results},
+                               "targets": targets}
+    redis = next((r for r in results if r.name.endswith("ack=broker, redis")), None)
+    if redis is not None and redis.rps:
+        summary["redis_store_vs_local"] = {
+            "rps_ratio": round(redis.rps / one.rps, 3),
+            "cpu_us_per_request": None if redis.cpu_per_1k is None or one.cpu_per_1k is None
+            else round((redis.cpu_per_1k - one.cpu_per_1k) * 1000, 1),
+            "p50_ms": None if redis.p50_ms is None or one.p50_ms is None else round(redis.p50_ms - one.p50_ms, 2),
+            "p99_ms": None if redis.p99_ms is None or one.p99_ms is None else round(redis.p99_ms - one.p99_ms, 2),
+        }
+    return summary
 
 
 def _target(value: float, bound: float, unit: str, detail: str = "", below: bool = False) -> dict[str, Any]:
@@ -390,6 +418,11 @@ def report(run: Run, results: list[Result], scaling: list[Result], summary: dict
     print("\nsaturation req/s relative to webhookbus, 1 worker, ack=broker:")
     for name, ratio in summary["vs_webhookbus_1_worker"].items():
         print(f"    {name:<40} {ratio:>6.2f}x")
+    if "redis_store_vs_local" in summary:
+        cost = summary["redis_store_vs_local"]
+        print(f"\nthe Redis dedup store against the local one: {cost['rps_ratio']:.2f}x the req/s, "
+              f"{cost['cpu_us_per_request']} us more CPU per request (listener + producer + redis-server), "
+              f"p50 {cost['p50_ms']:+} ms, p99 {cost['p99_ms']:+} ms at the fixed rate")
     print("\ntargets:")
     for name, target in summary["targets"].items():
         verdict = "met" if target["met"] else "MISSED"
@@ -413,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--rate", type=float, help="fixed offered rate (default: half webhookbus's saturation)")
     parser.add_argument("--max-rps", type=float, default=6000, help="sizes the request files (distinct events)")
-    parser.add_argument("--only", help="comma-separated: webhookbus,webhookbus-metrics,webhookbus-spool,"
+    parser.add_argument("--only", help="comma-separated: webhookbus,webhookbus-metrics,webhookbus-redis,webhookbus-spool,"
                                        "webhookbus-asyncio,webhookbus-workers,webhookbus-workers-metrics,express,"
                                        "bare,bare-asyncio,ceiling")
     parser.add_argument("--no-spool", dest="spool", action="store_false", help="skip the ack=spool contender")
@@ -427,10 +460,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="webhookbus-bench-") as tmp:
         run = Run(args, Path(tmp))
         rounds: list[list[Result]] = []
-        for index in range(args.rounds):
-            print(f"contenders{f', round {index + 1} of {args.rounds}' if args.rounds > 1 else ''}\n    {HEADER}",
-                  flush=True)
-            rounds.append(run.contenders(reverse=index % 2 == 1))
+        try:
+            for index in range(args.rounds):
+                print(f"contenders{f', round {index + 1} of {args.rounds}' if args.rounds > 1 else ''}\n    {HEADER}",
+                      flush=True)
+                rounds.append(run.contenders(reverse=index % 2 == 1))
+        finally:
+            if run.redis is not None:
+                run.redis.stop()
         results = [median_of(same) for same in zip(*(sorted(r, key=lambda x: x.name) for r in rounds))]
         order = [r.name for r in rounds[0]]
         results.sort(key=lambda r: order.index(r.name))

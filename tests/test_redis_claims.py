@@ -161,3 +161,72 @@ def test_password_from_an_env_reference_and_never_in_the_url(monkeypatch):
         parse_config("dedup:\n  store: redis://127.0.0.1:6379/0\n  password: env:NOT_SET_ANYWHERE\n")
     with pytest.raises(ConfigError, match="expected local, redis://"):
         parse_config("dedup:\n  store: memcached://127.0.0.1\n")
+
+
+def test_many_requests_at_once_share_one_connection(redis_server):
+    """redis-py's pool refuses a 101st connection: 500 claims at once must not look like an outage."""
+    async def scenario() -> None:
+        claims = store(redis_server)
+        held = await asyncio.gather(*(claims.claim("uip", keys(f"g{n}"), window=60, wait=1.0) for n in range(500)))
+        assert all(claim.held for claim in held) and claims.unavailable == 0
+        for claim in held:
+            claims.settle(claim, True)
+        again = await asyncio.gather(*(claims.claim("uip", keys(f"g{n}"), window=60, wait=1.0) for n in range(500)))
+        assert all(claim.duplicates for claim in again)
+        clients = redis.Redis.from_url(redis_server.url)
+        assert clients.info("clients")["connected_clients"] <= 1 + 2, "this check's connection and the store's"
+        clients.close()
+        await claims.close()
+
+    run(scenario())
+
+
+def test_rediss_verifies_the_server_against_ca_certs(tmp_path):
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def certificate(subject: str, key, issuer=None, issuer_key=None, ca: bool = False):  # type: ignore[no-untyped-def]
+        now = datetime.datetime.now(datetime.timezone.utc)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+        builder = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer or name).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+                   .not_valid_after(now + datetime.timedelta(hours=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if not ca:
+            builder = builder.add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                                            critical=False)
+        return builder.sign(issuer_key or key, hashes.SHA256())
+
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = certificate("test redis CA", ca_key, ca=True)
+    server_cert = certificate("127.0.0.1", server_key, ca.subject, ca_key)
+    pem = serialization.Encoding.PEM
+    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(pem))
+    (tmp_path / "server.pem").write_bytes(server_cert.public_bytes(pem))
+    (tmp_path / "server.key").write_bytes(server_key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                                   serialization.NoEncryption()))
+    server = RedisServer(tls=(str(tmp_path / "server.pem"), str(tmp_path / "server.key"))).start()
+    try:
+        assert server.url.startswith("rediss://")
+
+        async def scenario() -> None:
+            trusted = store(server, deadline=1.0, ca_certs=str(tmp_path / "ca.pem"))
+            claim = await trusted.claim("uip", keys("h1"), window=60, wait=1.0)
+            trusted.settle(claim, True)
+            await trusted.close()
+            another = store(server, deadline=1.0, ca_certs=str(tmp_path / "ca.pem"))
+            assert (await another.claim("uip", keys("h1"), window=60, wait=1.0)).duplicates
+            await another.close()
+            untrusted = store(server, deadline=1.0)  # the system's CAs do not know this one
+            with pytest.raises(DedupUnavailable):
+                await untrusted.claim("uip", keys("h2"), window=60, wait=1.0)
+            await untrusted.close()
+
+        run(scenario())
+    finally:
+        server.stop()

@@ -4,7 +4,9 @@ event answered 2xx.  Real processes (separate spools), a real broker, a real red
 
 from __future__ import annotations
 
+import itertools
 import json
+import threading
 import time
 import uuid
 from collections import Counter
@@ -136,3 +138,63 @@ def test_two_workers_share_the_redis_store(tmp_path, kafka_broker, redis_server,
         assert len(list((tmp_path / "spool").iterdir())) == 2, "two workers, two spool slots, one dedup store"
     finally:
         server.stop()
+
+
+def test_killing_redis_under_load_keeps_each_providers_policy_and_loses_nothing_answered_2xx(
+        tmp_path, kafka_broker, own_redis, topic_name):
+    """uip publishes without dedup while Redis is down (at least once), authgear answers 503 +
+    Retry-After; never a 500; every event answered 2xx is on Kafka; once Redis is back (empty:
+    it keeps nothing on disk here) retries are deduplicated again without a restart."""
+    topic = topic_name("outage")
+    config = settings(topic, own_redis.url)
+    config["providers"]["authgear"]["on_dedup_unavailable"] = "reject"
+    a, b = (ServerProcess(config, kafka_broker.bootstrap, tmp_path / name).start() for name in "ab")
+    replies: list[tuple[str, str, int, dict[str, str], bytes]] = []
+    stop = threading.Event()
+
+    def load(worker: int) -> None:
+        for n in itertools.count():
+            if stop.is_set():
+                return
+            for provider, data, event_id in (uip(f"load-{worker}-{n}"), authgear(f"load-ag-{worker}-{n}")):
+                for instance in (a, b):  # the event, then its retry at the other instance
+                    request = sign(provider, data)
+                    reply = post(instance.port, request.path, request.body, request.headers)
+                    replies.append((provider, event_id, reply.status, reply.headers, reply.body))
+
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            running = [pool.submit(load, worker) for worker in range(4)]
+            time.sleep(1.5)
+            own_redis.stop()
+            time.sleep(2.5)
+            own_redis.start()
+            time.sleep(2.0)
+            stop.set()
+            for future in running:
+                future.result()
+
+        statuses = Counter((provider, status) for provider, _, status, _, _ in replies)
+        assert set(statuses) <= {("uip", 200), ("authgear", 200), ("authgear", 503)}, statuses
+        assert statuses[("authgear", 503)] > 0, "reject: the outage was answered 503"
+        refused = [(headers, body) for provider, _, status, headers, body in replies if status == 503]
+        assert all(headers["retry-after"] == "2" and json.loads(body)["error"] == "dedup_unavailable"
+                   for headers, body in refused)
+
+        answered = {event_id for _, event_id, status, _, _ in replies if status == 200}
+        counts = published(kafka_broker.bootstrap, topic, len(answered), timeout=60)
+        assert answered <= set(counts), f"answered 2xx but not on Kafka: {sorted(answered - set(counts))[:5]}"
+        assert max(counts.values()) <= 2, "at worst a retry is published a second time"
+        assert any(count == 2 for count in counts.values()), "publish: the outage let retries through"
+
+        # Back without a restart: deduplicated again.
+        provider, data, event_id = uip(f"after-{uuid.uuid4().hex[:8]}")
+        assert send(a, provider, data) == 200 and send(b, provider, data) == 200
+        assert published(kafka_broker.bootstrap, topic, len(counts) + 1)[event_id] == 1
+        for instance in (a, b):
+            log = instance.log_path.read_text()
+            assert '"dedup store unavailable"' in log and '"dedup store reachable again"' in log
+    finally:
+        stop.set()
+        a.stop()
+        b.stop()

@@ -94,6 +94,11 @@ def cmd_check(args: argparse.Namespace) -> int:
                   f"else {fallback}")
     unrouted = settings.unrouted
     print(f"  unrouted: {unrouted.action}{' -> ' + unrouted.topic if unrouted.topic else ''}")
+    dedup = settings.dedup
+    print("  dedup: local (this process's spool slot)" if dedup.store == "local" else
+          f"  dedup: {dedup.store}{' (password ' + dedup.password.split(':')[0] + ':...)' if dedup.password else ''}, "
+          f"{dedup.timeout:g} s per call; unavailable: " + ", ".join(
+              f"{p.name} {p.settings.on_dedup_unavailable}" for p in config.providers.values()))
     for warning in [*config.warnings, *route_warnings(settings), *pii_warnings(config)]:
         print(f"  warning: {warning}")
     return 0

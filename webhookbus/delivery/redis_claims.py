@@ -9,30 +9,34 @@ holds any of them nothing is claimed and the request polls until they are settle
 :class:`~webhookbus.delivery.claims.LocalClaims` waits on a future).  The scripts are
 idempotent, so redis-py may repeat one once on a broken connection (a Redis restart).
 
-Every call has a deadline well inside ``publish_timeout``; a failed call marks the store
-down for a second, so an outage costs each request nothing more than that second's checks.
+Calls are pipelined: what the requests of one moment ask is sent as one batch on one
+connection while the previous batch is answered, so under load a round trip serves many
+requests (and the client holds one connection, not one per request in flight).  Every batch
+has a deadline well inside ``publish_timeout``; a failed one marks the store down for a
+second, so an outage costs each request nothing more than that second's checks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from webhookbus.config import DedupSettings, Secret
 from webhookbus.delivery.claims import Claim, DedupUnavailable, StillInFlight
 
 log = logging.getLogger("webhookbus.dedup")
-T = TypeVar("T")
 
 ACCEPTED = b"a"
 
@@ -72,6 +76,14 @@ return 1
 DOWN_FOR = 1.0  # seconds a failed call marks the store down: requests do not queue on a dead address
 
 
+class _Script:
+    def __init__(self, text: str) -> None:
+        self.text, self.sha = text, hashlib.sha1(text.encode()).hexdigest()
+
+
+_Call = tuple[_Script, list[str], list[Any], "asyncio.Future[Any]"]
+
+
 class RedisClaims:
     """One process's client of the shared store; ``deadline`` bounds every call (seconds)."""
 
@@ -85,12 +97,11 @@ class RedisClaims:
             retry=Retry(NoBackoff(), 1),  # once, at once: a connection Redis closed is replaced
             **tls)
         self.where = settings.store.split("//", 1)[-1]
-        self._claim = self.redis.register_script(_CLAIM)
-        self._settle = self.redis.register_script(_SETTLE)
-        self._renew = self.redis.register_script(_RENEW)
+        self._claim, self._settle, self._renew = _Script(_CLAIM), _Script(_SETTLE), _Script(_RENEW)
         self._tokens = map(f"{secrets.token_hex(8)}-{{:x}}".format, itertools.count())
         self._held: dict[str, Claim] = {}  # token -> claim, renewed until settled
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._queue: list[_Call] = []
+        self._sender: asyncio.Task[None] | None = None
         self._renewer: asyncio.Task[None] | None = None
         self._down_until = 0.0
         self._down_reason = ""
@@ -99,15 +110,51 @@ class RedisClaims:
     def _key(self, provider: str, key: bytes) -> str:
         return f"webhookbus:dedup:{provider}:{key.hex()}"
 
-    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+    def _submit(self, script: _Script, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
+        """Queue one script call for the next batch; its future gets the reply or :class:`DedupUnavailable`."""
+        future = asyncio.get_running_loop().create_future()
         if time.monotonic() < self._down_until:
             self.unavailable += 1
+            future.set_exception(DedupUnavailable(self._down_reason))
+            return future
+        self._queue.append((script, keys, args, future))
+        if self._sender is None:
+            self._sender = asyncio.get_running_loop().create_task(self._send())
+        return future
+
+    async def _send(self) -> None:
+        """Send what is queued as one pipeline, wait for its replies, repeat while more is queued."""
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                try:
+                    replies = await self._execute(batch)
+                except DedupUnavailable as exc:
+                    replies = [exc] * len(batch)
+                for (_, _, _, future), reply in zip(batch, replies):
+                    if future.done():
+                        continue
+                    if isinstance(reply, BaseException):
+                        future.set_exception(reply if isinstance(reply, DedupUnavailable)
+                                             else DedupUnavailable(f"redis at {self.where}: {type(reply).__name__}"))
+                    else:
+                        future.set_result(reply)
+        finally:
+            self._sender = None
+
+    async def _execute(self, batch: list[_Call]) -> list[Any]:
+        if time.monotonic() < self._down_until:  # it failed while this batch was queued
+            self.unavailable += len(batch)
             raise DedupUnavailable(self._down_reason)
         try:
-            async with asyncio.timeout(self.deadline * 2):  # connect + command, each bounded by the socket timeouts
-                result = await call()
+            async with asyncio.timeout(self.deadline):  # a request waits at most this batch's and its own
+                replies = await self._pipeline(batch)
+                if any(isinstance(reply, NoScriptError) for reply in replies):  # a restarted Redis forgot them
+                    for script in {call[0] for call in batch}:
+                        await self.redis.script_load(script.text)
+                    replies = await self._pipeline(batch)  # the scripts are idempotent
         except (RedisError, OSError, TimeoutError) as exc:
-            self.unavailable += 1
+            self.unavailable += len(batch)
             reason = f"redis at {self.where}: {type(exc).__name__}" + (f": {exc}" if str(exc) and "pass" not in str(exc).lower() else "")
             if not self._down_until:
                 log.error("dedup store unavailable", extra={"reason": reason, "down_for_s": DOWN_FOR})
@@ -116,7 +163,13 @@ class RedisClaims:
         if self._down_until:
             log.warning("dedup store reachable again", extra={"store": f"redis at {self.where}"})
             self._down_until = 0.0
-        return result
+        return replies
+
+    async def _pipeline(self, batch: list[_Call]) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        for script, keys, args, _ in batch:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        return await pipe.execute(raise_on_error=False)
 
     async def claim(self, provider: str, keys: Sequence[bytes], window: float, wait: float | None) -> Claim:
         if self._renewer is None:
@@ -126,7 +179,7 @@ class RedisClaims:
         give_up = None if wait is None else time.monotonic() + wait
         pause = 0.005
         while True:
-            states = await self._call(lambda: self._claim(keys=names, args=[token, self.claim_ttl_ms]))
+            states = await self._submit(self._claim, names, [token, self.claim_ttl_ms])
             if states != 0:
                 break
             if give_up is not None and time.monotonic() + pause > give_up:
@@ -143,19 +196,18 @@ class RedisClaims:
     def settle(self, claim: Claim, accepted: bool) -> None:
         if self._held.pop(claim.token, None) is None:
             return
-        task = asyncio.get_running_loop().create_task(self._settle_now(claim, accepted))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _settle_now(self, claim: Claim, accepted: bool) -> None:
         names = [self._key(claim.provider, key) for key in claim.held]
         window_ms = max(1, int((claim.expires - time.time()) * 1000))
-        try:
-            await self._call(lambda: self._settle(keys=names, args=[claim.token, int(accepted), window_ms]))
-        except DedupUnavailable as exc:
+        settled = self._submit(self._settle, names, [claim.token, int(accepted), window_ms])
+        settled.add_done_callback(partial(self._settled, accepted))
+
+    @staticmethod
+    def _settled(accepted: bool, settled: asyncio.Future[Any]) -> None:
+        if (exc := settled.exception()) is not None:
             # Accepted: a retry within the claim's TTL still waits, then may publish a second copy.
             # Released: the claim expires after dedup.claim_ttl, delaying a retry until then.
-            log.warning("dedup store: could not settle a claim", extra={"reason": exc.reason, "accepted": accepted})
+            log.warning("dedup store: could not settle a claim",
+                        extra={"reason": getattr(exc, "reason", type(exc).__name__), "accepted": accepted})
 
     async def _renew_held(self) -> None:
         """Keep the claims of requests still in flight (a late ack can take minutes) from expiring."""
@@ -167,9 +219,9 @@ class RedisClaims:
             names = [self._key(claim.provider, key) for claim in held for key in claim.held]
             tokens = [claim.token for claim in held for _ in claim.held]
             try:
-                await self._call(lambda: self._renew(keys=names, args=[self.claim_ttl_ms, *tokens]))
+                await self._submit(self._renew, names, [self.claim_ttl_ms, *tokens])
             except DedupUnavailable:
-                pass  # logged by _call; the next round tries again
+                pass  # logged once per outage; the next round tries again
 
     def remembered(self) -> None:
         return None
@@ -178,6 +230,6 @@ class RedisClaims:
         if self._renewer is not None:
             self._renewer.cancel()
         # Claims still held (an outcome nobody learnt) are left to expire after dedup.claim_ttl.
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=self.deadline * 4)
+        if self._sender is not None:  # the settles still queued
+            await asyncio.wait([self._sender], timeout=self.deadline * 4)
         await self.redis.aclose()
