@@ -14,10 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import urllib.request
+
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from webhookbus.plugin import installed_verifiers
-from webhookbus.testing import post, read_topic, to_cloudevent
+from webhookbus.testing import free_port, post, read_topic, to_cloudevent
 from webhookbus.testing.process import ServerProcess
 from webhookbus.testing.samples import SignedRequest, signers_for
 
@@ -135,7 +138,8 @@ def test_two_workers_share_the_redis_store(tmp_path, kafka_broker, redis_server,
         lines = [json.loads(line) for line in server.log_path.read_text().splitlines() if '"request"' in line]
         # A request id starts with 20 hex digits of its process: duplicates were found by both workers.
         assert len({line["request_id"][:20] for line in lines if "duplicates" in line}) == 2
-        assert len(list((tmp_path / "spool").iterdir())) == 2, "two workers, two spool slots, one dedup store"
+        slots = [path for path in (tmp_path / "spool").iterdir() if path.name.isdigit()]
+        assert len(slots) == 2, "two workers, two spool slots, one dedup store"
     finally:
         server.stop()
 
@@ -148,7 +152,9 @@ def test_killing_redis_under_load_keeps_each_providers_policy_and_loses_nothing_
     topic = topic_name("outage")
     config = settings(topic, own_redis.url)
     config["providers"]["authgear"]["on_dedup_unavailable"] = "reject"
-    a, b = (ServerProcess(config, kafka_broker.bootstrap, tmp_path / name).start() for name in "ab")
+    admin_ports = {"a": free_port(), "b": free_port()}
+    a, b = (ServerProcess({**config, "admin": {"host": "127.0.0.1", "port": admin_ports[name]}}, kafka_broker.bootstrap,
+                          tmp_path / name).start() for name in "ab")
     replies: list[tuple[str, str, int, dict[str, str], bytes]] = []
     stop = threading.Event()
 
@@ -194,6 +200,15 @@ def test_killing_redis_under_load_keeps_each_providers_policy_and_loses_nothing_
         for instance in (a, b):
             log = instance.log_path.read_text()
             assert '"dedup store unavailable"' in log and '"dedup store reachable again"' in log
+        counted = Counter()
+        for port in admin_ports.values():
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+                for family in text_string_to_metric_families(response.read().decode()):
+                    for sample in family.samples:
+                        if sample.name == "webhookbus_dedup_unavailable_total":
+                            counted[sample.labels["provider"], sample.labels["policy"]] += sample.value
+        assert counted[("authgear", "reject")] == statuses[("authgear", 503)], "each refusal counted"
+        assert counted[("uip", "publish")] > 0
     finally:
         stop.set()
         a.stop()

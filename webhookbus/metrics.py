@@ -79,6 +79,10 @@ class Metrics:
         self.duplicates = Counter("webhookbus_duplicates_suppressed",
                                   "Events answered 2xx without publishing: their id was already accepted.",
                                   ["provider"], registry=registry)
+        self.dedup_unavailable_requests = Counter(
+            "webhookbus_dedup_unavailable",
+            "Requests the Redis dedup store could not answer in time, by provider and on_dedup_unavailable policy.",
+            ["provider", "policy"], registry=registry)
         self.publish_seconds = Histogram("webhookbus_publish_duration_seconds",
                                          "Time from handing a request's records to the producer to the broker's answer.",
                                          buckets=LATENCY_BUCKETS, registry=registry)
@@ -150,6 +154,10 @@ class Metrics:
             self.duplicates.labels(provider).inc(count)
 
     # -- rarer events ------------------------------------------------------------------
+
+    def dedup_unavailable(self, provider: str, policy: str) -> None:
+        if self.enabled:
+            self.dedup_unavailable_requests.labels(provider, policy).inc()
 
     def producer_status(self, connected: bool, replaced: str | None = None) -> None:
         if self.enabled:

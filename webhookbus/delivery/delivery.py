@@ -184,6 +184,7 @@ class Delivery:
                           max(1, round(timeout))) from None
         except DedupUnavailable as exc:
             fields["dedup_unavailable"] = exc.reason
+            self.metrics.dedup_unavailable(provider.name, provider.settings.on_dedup_unavailable)
             if provider.settings.on_dedup_unavailable == "reject":
                 raise Refused("dedup_unavailable", "the dedup store does not answer", max(1, round(timeout))) from None
             return None
