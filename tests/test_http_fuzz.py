@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from webhookbus.http.app import WebhookBus
+from webhookbus.metrics import Metrics
 from webhookbus.config import Config, parse_config
 from webhookbus.delivery.publish import DONE, Batch
 from webhookbus.testing.samples import sample_request, signers_for
@@ -34,6 +35,7 @@ class AckingPublisher:
 
     def __init__(self) -> None:
         self.messages: list[Any] = []
+        self.metrics = Metrics(enabled=False)
 
     def start(self) -> None: ...
 
