@@ -225,3 +225,23 @@ def test_a_request_in_flight_finishes_under_the_config_it_started_with(tmp_path,
         assert [json.loads(r.value)["id"] for r in read_topic(kafka_broker.bootstrap, new_topic, 1)] == ["late"]
     finally:
         server.stop()
+
+
+def test_what_only_a_restart_can_change():
+    from webhookbus.config import parse_config
+    from webhookbus.http.reload import restart_only_changes
+
+    def settings(**sections: Any):
+        base: dict[str, Any] = {"providers": {"demo": {"verifier": "hmac", "path": PATH, "secrets": [f"literal:{OLD}"]}},
+                                "routes": [{"topic": "t"}]}
+        return parse_config(yaml.safe_dump({**base, **sections})).settings
+
+    old = settings()
+    assert restart_only_changes(old, settings(
+        providers={"other": {"verifier": "hmac", "path": "/other", "secrets": [f"literal:{NEW}"]}},
+        routes=[{"topic": "u", "pii": {"drop": ["data.x"]}}], unrouted={"action": "topic", "topic": "rest"},
+        audit={"topic": "audit"}, server={"max_body_bytes": 10, "max_in_flight": 5, "trusted_proxies": ["10.0.0.1"]},
+    )) == []
+    assert restart_only_changes(old, settings(server={"port": 9999, "workers": 3, "max_in_flight": 5},
+                                              kafka={"client_id": "x"}, spool={"directory": "elsewhere"})) == [
+        "server.port", "server.workers", "kafka", "spool"]

@@ -81,9 +81,11 @@ class WebhookBus:
 
     def _configure(self, config: Config) -> None:
         """Everything derived from the config, assigned without an await in between."""
+        previous = getattr(self, "config", None)
+        if previous is None or previous.settings.audit != config.settings.audit:  # else keep its rate and drop count
+            self.audit = RejectionAudit(config.settings.audit, self.publisher)
         self.config = config
         self.server = config.settings.server
-        self.audit = RejectionAudit(config.settings.audit, self.publisher)
         # Longest path first, so /hooks/a/b wins over /hooks/a for /hooks/a/b/c.
         self._providers = sorted(config.providers.values(), key=lambda p: len(p.path), reverse=True)
         self._exact = {p.path: p for p in self._providers}

@@ -152,12 +152,16 @@ class PidFile:
         self.previous: str | None = None
 
     def __enter__(self) -> PidFile:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.previous = self.path.read_text().strip()
-        except OSError:
-            pass
-        _write_atomically(self.path, f"{os.getpid()}\n")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.previous = self.path.read_text().strip()
+            except FileNotFoundError:
+                pass
+            _write_atomically(self.path, f"{os.getpid()}\n")
+        except OSError as exc:  # serving goes on (an unwritable spool is refused at startup, with its reason)
+            log.warning("cannot write the pid file: webhookbus reload will not find this process",
+                        extra={"path": str(self.path), "reason": exc.strerror})
         return self
 
     def __exit__(self, *_: object) -> None:
