@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import json
 import math
-from urllib.parse import parse_qsl
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, ClassVar, Protocol, runtime_checkable
+from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ConfigDict
 
