@@ -164,6 +164,8 @@ def test_plugins_lists_every_plugin_with_its_options(capsys):
     for name in ("hmac", "unloq", "uip", "truvalidate", "zignsec", "authgear", "standardwebhooks", "stripe"):
         assert f"\n{name} " in f"\n{out}", name
     assert "webhookbus-plugin-template" in out and "tolerance_seconds" in out and "(required)" in out
+    meta = out[out.index("\nmeta "):].split("\n\n")[0]
+    assert "methods: GET, POST" in meta and "methods:" not in out[out.index("\nhmac "):].split("\n\n")[0]
 
     assert main(["plugins", "--schema", "standardwebhooks"]) == 0
     schema = json.loads(capsys.readouterr().out)

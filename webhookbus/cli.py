@@ -16,7 +16,7 @@ from typing import Any
 from webhookbus import log
 from webhookbus.config import AdminSettings, Config, ConfigError, Provider, ServerSettings, Settings, load_config, load_settings, route_warnings
 from webhookbus.pii import pii_warnings
-from webhookbus.plugin import installed_verifiers
+from webhookbus.plugin import accepted_methods, installed_verifiers
 
 DEFAULT_CONFIG = "config/webhookbus.yaml"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -123,9 +123,12 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(f"{name:<16} {dist} {dist_version}  ({entry.value})")
         try:
             rows = options_table(entry)
+            methods = accepted_methods(entry.load())
         except Exception as exc:  # noqa: BLE001 - one broken plugin must not hide the others
             print(f"    cannot load: {type(exc).__name__}: {exc}\n")
             continue
+        if methods != {"POST"}:  # a plugin that answers handshakes on other methods
+            print(f"    methods: {', '.join(sorted(methods))}")
         for option, kind, default, description in rows or [("(no options)", "", "", "")]:
             print(f"    {option:<20} {kind:<28} {default:<16} {description}".rstrip())
         print()
