@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -33,6 +34,15 @@ from webhookbus.delivery.records import KafkaMessage
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 # From a millisecond (a spooled or refused request) to the 10 s request_timeout.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def shared_run_directory() -> str:
+    """A fresh directory for this run's multiprocess files, in memory (``/dev/shm``) where there is
+    one: every counted event writes a memory-mapped page, which on a disk-backed filesystem the
+    kernel keeps writing back (and faulting in again) for nothing."""
+    memory = "/dev/shm"
+    where = memory if os.path.isdir(memory) and os.access(memory, os.W_OK) else None
+    return tempfile.mkdtemp(prefix="webhookbus-metrics-", dir=where)
 
 
 def share_between_processes(directory: str | os.PathLike[str]) -> None:

@@ -24,7 +24,6 @@ import multiprocessing
 import os
 import signal
 import ssl
-import tempfile
 from collections.abc import Callable
 from functools import partial
 from multiprocessing.connection import wait
@@ -168,7 +167,7 @@ def run(config: Config) -> int:
     # Without SO_REUSEPORT first: another instance's reuse-port workers would otherwise share the address.
     close(bind(server))
     # Every worker's metrics in files of this run's own directory, which the parent's admin listener reads.
-    shared = tempfile.mkdtemp(prefix="webhookbus-metrics-")
+    shared = metrics.shared_run_directory()
     metrics.share_between_processes(shared)
     registry = metrics.scrape_registry(config)
     try:
