@@ -107,6 +107,13 @@ class Metrics:
                                         registry=registry, multiprocess_mode="liveall")
         self.audit_dropped = Counter("webhookbus_audit_dropped", "Audit events dropped by audit.max_per_second.",
                                      registry=registry)
+        self.held_requests = Counter("webhookbus_held_requests",
+                                     "Requests held for a Kafka consumer's decision (route reply), by provider and "
+                                     "outcome: reply, or the fallback after invalid, timed_out, not_ready, duplicate.",
+                                     ["provider", "outcome"], registry=registry)
+        self.replies_dropped = Counter("webhookbus_replies_dropped",
+                                       "Replies no request waited for: late, or not meant for this process.",
+                                       registry=registry)
         self.config_reloads = Counter("webhookbus_config_reloads", "Config reloads, by result (ok, refused).",
                                       ["result"], registry=registry)
         self.config_loaded = Gauge("webhookbus_config_loaded_timestamp_seconds",
@@ -178,6 +185,14 @@ class Metrics:
     def audit_drop(self) -> None:
         if self.enabled:
             self.audit_dropped.inc()
+
+    def held_request(self, provider: str, outcome: str) -> None:
+        if self.enabled:
+            self.held_requests.labels(provider, outcome).inc()
+
+    def reply_dropped(self) -> None:
+        if self.enabled:
+            self.replies_dropped.inc()
 
     def config_reload(self, ok: bool) -> None:
         """For the reload: count its result (``webhookbus_config_reloads_total{result}``)."""

@@ -13,8 +13,10 @@ a kafka-python consumer on a thread, ``assign()``-ed (a group join takes seconds
 move partitions between processes) to this process's own partition of each reply topic,
 ``server.instance * server.workers + worker``, from its end.  So each process reads only the
 replies meant for it.  The fetch wait is 5 ms: kafka-python's default of 500 ms made a round
-trip's median 254 ms on the embedded broker (issue 17).  A reply nobody waits for (late, or
-for another instance) is dropped and counted.  Until the consumer is assigned (the broker is
+trip's median 254 ms on the embedded broker (issue 17).  Fetching that often costs a tenth of
+a core, so the consumer fetches only while a request waits (idle, it costs nothing; the next
+request's first fetch starts at once).  A reply nobody waits for (late, or for another
+instance) is dropped and counted.  Until the consumer is assigned (the broker is
 down at startup, say) a held request gets its fallback at once, without the extensions.
 """
 
@@ -34,6 +36,7 @@ from typing import Any
 from webhookbus.config import Config, KafkaSettings, Provider, RouteSettings, validation_reason
 from webhookbus.events import CloudEvent, Headers, decode_kafka
 from webhookbus.log import where
+from webhookbus.metrics import Metrics
 from webhookbus.plugin import Accepted, Decides, Response
 from webhookbus.routing import reply_route
 
@@ -50,7 +53,8 @@ class Hold:
     extensions that name where to reply."""
 
     events: list[CloudEvent]
-    fallback: Response
+    provider: Provider
+    static: Response  # the verifier's own answer: the fallback "static"
     reply_to: RouteSettings
     correlation_id: str | None = None  # None: the consumer is not ready, the fallback applies at once
     deadline: float = 0.0  # loop time
@@ -62,15 +66,15 @@ class Hold:
 class HeldRequests:
     """The held requests of one process and the consumer that answers them; on the loop's thread."""
 
-    def __init__(self, config: Config, worker: int = 0) -> None:
+    def __init__(self, config: Config, worker: int = 0, metrics: Metrics | None = None) -> None:
         self.settings = config.settings
         server = config.settings.server
         self.partition = server.instance * server.workers + worker
         self.topics = sorted({route.reply.topic for route in config.settings.routes if route.reply is not None})
-        self.counts: Counter[str] = Counter()  # replied, invalid, timed_out, dropped, not_ready, duplicate
+        self.metrics = metrics or Metrics(enabled=False)
+        self.counts: Counter[str] = Counter()  # reply, invalid, timed_out, dropped, not_ready, duplicate: for log lines
         self._waiting: dict[str, Hold] = {}
         self._ids = map(f"{secrets.token_hex(8)}-{{:x}}".format, itertools.count())
-        self._fallbacks: dict[tuple[int, str], Response] = {}
         self.consumer: ReplyConsumer | None = None
 
     def start(self) -> None:
@@ -102,7 +106,7 @@ class HeldRequests:
         else:
             return None
         assert route.reply is not None
-        hold = Hold(list(events), self._fallback(route, provider, accepted.response), route)
+        hold = Hold(list(events), provider, accepted.response, route)
         if self.consumer is None or not self.consumer.ready.is_set():
             return hold
         loop = asyncio.get_running_loop()
@@ -115,6 +119,7 @@ class HeldRequests:
             **event.extensions, REPLY_TOPIC: route.reply.topic, REPLY_PARTITION: str(self.partition),
             CORRELATION_ID: hold.correlation_id})
         self._waiting[hold.correlation_id] = hold
+        self.consumer.wanted.set()
         return hold
 
     async def decision(self, hold: Hold, fields: dict[str, Any]) -> Response:
@@ -131,7 +136,8 @@ class HeldRequests:
         response = hold.future.result()
         if response is None:
             return self._fall_back(hold, "invalid", "the reply was refused", fields)
-        self.counts["replied"] += 1
+        self.counts["reply"] += 1
+        self.metrics.held_request(hold.provider.name, "reply")
         fields["decision"] = "reply"
         return response
 
@@ -139,20 +145,17 @@ class HeldRequests:
         """The request is answered: a reply arriving now is dropped and counted."""
         if hold.correlation_id is not None:
             self._waiting.pop(hold.correlation_id, None)
+            if not self._waiting and self.consumer is not None:
+                self.consumer.wanted.clear()
 
     def _fall_back(self, hold: Hold, outcome: str, reason: str, fields: dict[str, Any]) -> Response:
         self.counts[outcome] += 1
+        self.metrics.held_request(hold.provider.name, outcome)
         fields.update(decision="fallback", fallback_reason=reason, fallbacks=self.counts[outcome])
-        return hold.fallback
-
-    def _fallback(self, route: RouteSettings, provider: Provider, static: Response) -> Response:
-        assert route.reply is not None
-        if route.reply.fallback == "static":
-            return static
-        key = (id(route), provider.name)
-        if key not in self._fallbacks:  # checked when the config loaded
-            self._fallbacks[key] = provider.verifier.decide(None, route.reply.fallback)  # type: ignore[attr-defined]
-        return self._fallbacks[key]
+        fallback = hold.reply_to.reply.fallback if hold.reply_to.reply is not None else "static"
+        if fallback == "static":
+            return hold.static
+        return hold.provider.verifier.decide(None, fallback)  # type: ignore[attr-defined]  # checked at load
 
     def _arrived(self, records: list[tuple[bytes | None, Headers]]) -> None:
         for value, headers in records:
@@ -164,6 +167,7 @@ class HeldRequests:
             hold = self._waiting.pop(correlation_id, None) if isinstance(correlation_id, str) else None
             if hold is None or hold.future is None or hold.future.done():
                 self.counts["dropped"] += 1
+                self.metrics.reply_dropped()
                 log.info("reply dropped: no request waits for it (late, or not for this process)",
                          extra={CORRELATION_ID: str(correlation_id)[:80], "dropped_replies": self.counts["dropped"]})
                 continue
@@ -191,6 +195,7 @@ class ReplyConsumer(threading.Thread):
         self.kafka, self.topics, self.partition, self.loop, self.deliver = kafka, topics, partition, loop, deliver
         self.min_partitions = max(min_partitions, partition + 1)
         self.ready = threading.Event()
+        self.wanted = threading.Event()  # set while a request waits: only then is the partition fetched
         self._stopping = threading.Event()
 
     def stop(self) -> None:
@@ -206,6 +211,8 @@ class ReplyConsumer(threading.Thread):
                     continue
                 self.ready.set()
                 while not self._stopping.is_set():
+                    if not self.wanted.wait(POLL_MS / 1000):
+                        continue  # what arrives meanwhile is late: read (and dropped) with the next request
                     polled = consumer.poll(timeout_ms=POLL_MS)
                     records = [(record.value, record.headers or []) for batch in polled.values() for record in batch]
                     if records:
@@ -227,8 +234,8 @@ class ReplyConsumer(threading.Thread):
         from kafka import KafkaConsumer, TopicPartition
 
         consumer = KafkaConsumer(bootstrap_servers=self.kafka.bootstrap_servers,
-                                 client_id=f"{self.kafka.client_id}-replies", enable_auto_commit=False, fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-                                 **_connection_options(self.kafka))
+                                 client_id=f"{self.kafka.client_id}-replies", enable_auto_commit=False,
+                                 fetch_max_wait_ms=FETCH_MAX_WAIT_MS, **_connection_options(self.kafka))
         try:
             partitions = []
             for topic in self.topics:

@@ -70,7 +70,7 @@ class WebhookBus:
         self.activity = Activity(admin.recent_rejections if admin else 0, admin is not None, shared_directory())
         self.delivery = Delivery(config, publisher, self.metrics)
         self.publisher = self.delivery.publisher
-        self.held = HeldRequests(config, worker)
+        self.held = HeldRequests(config, worker, self.metrics)
         self.handshakes: dict[str, int] = {}
         self._configure(config)
         self._stop_reloading: Callable[[], None] = lambda: None
