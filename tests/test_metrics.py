@@ -186,3 +186,14 @@ def test_a_taken_admin_port_names_the_admin_setting():
         config = parse_config(f"admin: {{port: {taken.getsockname()[1]}}}\n")
         with pytest.raises(ListenError, match=r"address already in use .*set admin\.port or WEBHOOKBUS_ADMIN__PORT"):
             admin_server(config, scrape_registry(config, Metrics()), Snapshot)
+
+
+def test_error_codes_beyond_the_bound_count_as_other():
+    from webhookbus.metrics import MAX_REASONS, Metrics, samples
+
+    metrics = Metrics()
+    for index in range(MAX_REASONS + 5):
+        metrics.verification_failed("demo", f"code-{index}")
+    metrics.verification_failed("demo", "code-0")
+    counted = {labels["reason"]: v for labels, v in samples(metrics.registry, "webhookbus_verification_failures_total")}
+    assert len(counted) == MAX_REASONS + 1 and counted["other"] == 5 and counted["code-0"] == 2

@@ -33,6 +33,7 @@ from webhookbus.delivery.records import KafkaMessage
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 # From a millisecond (a spooled or refused request) to the 10 s request_timeout.
+MAX_REASONS = 200  # (provider, error code) pairs; beyond, refusals count as reason="other"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -121,6 +122,7 @@ class Metrics:
                                    ["version"], registry=registry, multiprocess_mode="liveall")
         self._providers: dict[str, tuple[Any, dict[int, Any]]] = {}
         self._topics: dict[str, Any] = {}
+        self._reasons: dict[tuple[str, str], Any] = {}
         self._in_flight = self.in_flight if enabled else None
         self._version: str | None = None
 
@@ -147,8 +149,15 @@ class Metrics:
         bound[0].observe(seconds)
 
     def verification_failed(self, provider: str, reason: str) -> None:
-        if self.enabled:
-            self.verification_failures.labels(provider, reason).inc()
+        if not self.enabled:
+            return
+        child = self._reasons.get((provider, reason))
+        if child is None:
+            # A plugin building its error code from the request would add a series per forgery.
+            if len(self._reasons) >= MAX_REASONS:
+                reason = "other"
+            child = self._reasons[(provider, reason)] = self.verification_failures.labels(provider, reason)
+        child.inc()
 
     def published(self, messages: Sequence[KafkaMessage], failed: Sequence[int]) -> None:
         if not self.enabled:
