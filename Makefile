@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/webhookbus dev --config $(CONFIG)
+	$(BIN)/webhookbus dev --config $(CONFIG) --policy config/authgear_policy.py:decide
 
 test: $(STAMP) test-deps
 	$(BIN)/python -m pytest -q

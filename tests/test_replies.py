@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import runpy
+import signal
 import subprocess
 import sys
 import threading
@@ -26,6 +28,7 @@ from webhookbus.config import ConfigError, parse_config
 from webhookbus.reply import serve
 from webhookbus.testing import free_port, post, read_topic
 from webhookbus.testing.broker import wait_for_port
+from webhookbus.testing.samples import DEV_SECRETS as SECRETS_OF_MAKE_RUN
 from webhookbus.testing.samples import SIGNERS
 
 SECRET = b"authgear-reply-test-secret"
@@ -274,3 +277,36 @@ def test_check_refuses_a_reply_on_a_provider_that_waits_for_no_decision():
                 "routes": [{"provider": "demo", "topic": "t", "reply": {"topic": "r"}}]}
     with pytest.raises(ConfigError, match=r"routes.0.reply: no provider matching 'demo' waits for a decision"):
         parse_config(yaml.safe_dump(settings))
+
+
+def test_make_run_answers_sign_ups_with_the_example_policy(tmp_path: Path):
+    """`make run` (webhookbus dev --policy config/authgear_policy.py:decide): a sign-up from the
+    blocked test domain is denied by the policy, on the broker dev starts."""
+    root = Path(__file__).parents[1]
+    port = free_port()
+    env = {**os.environ, "WEBHOOKBUS_SERVER__PORT": str(port), "WEBHOOKBUS_ADMIN__PORT": str(free_port())}
+    env = {name: value for name, value in env.items() if not name.endswith(("_SECRET", "_SECRET_OLD"))}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "webhookbus.cli", "dev", "--config", str(root / "config/webhookbus.yaml"),
+         "--broker-port", str(free_port()), "--policy", f"{root / 'config/authgear_policy.py'}:decide"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        wait_for_port(port, timeout=60, process=process)
+        wait_ready(port, timeout=30)
+        dev_secret = SECRETS_OF_MAKE_RUN["AUTHGEAR_WEBHOOK_SECRET"].encode()
+        answers = {}
+        for email in ("ada@example.com", "eve@blocked.test"):
+            body = {"id": str(uuid.uuid4()), "seq": 1, "type": "user.pre_create",
+                    "payload": {"user": {"id": "u1", "standard_attributes": {"email": email}}},
+                    "context": {"timestamp": int(time.time()), "user_id": "u1"}}
+            signed = SIGNERS["authgear"]["user.pre_create"](None, dev_secret, PATH, body)
+            answers[email] = post(port, PATH, signed.body, signed.headers).json()
+        assert answers == {"ada@example.com": ALLOW, "eve@blocked.test": {
+            "is_allowed": False, "title": "Sign-up closed", "reason": "Addresses at blocked.test cannot sign up."}}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import textwrap
+import threading
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -289,9 +290,16 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from webhookbus.testing.broker import Broker, BrokerError
     from webhookbus.testing.samples import install_dev_secrets, sample_request
 
+    from webhookbus.reply import answer_in_threads, load_policy
+
     for created in install_dev_secrets():
         print(f"created development key {created}")
+    try:
+        policy = load_policy(args.policy) if args.policy else None
+    except ValueError as exc:
+        return _fail(f"--policy: {exc}")
     broker = Broker(port=args.broker_port)
+    stop_policy = threading.Event()
     os.environ["WEBHOOKBUS_KAFKA__BOOTSTRAP_SERVERS"] = broker.bootstrap
     config = _load(args.config)
     try:  # the listener's address first: a second `make run` stops here, before it starts a broker
@@ -314,12 +322,21 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 print(f"{sample.curl(url)}\n")
         print(f"read the events: WEBHOOKBUS_KAFKA__BOOTSTRAP_SERVERS={broker.bootstrap} "
               f"{exe} tail --config {args.config} --topic <topic> --from-beginning\n", flush=True)
+        decided = sorted({route.topic for route in config.settings.routes if route.reply is not None})
+        if policy is not None and decided:
+            answer_in_threads(decided, policy, broker.bootstrap, stop_policy)
+            print(f"{args.policy} answers the events of {', '.join(decided)} (routes with reply)")
+            for name in [p.name for p in config.providers.values() if p.settings.verifier == "authgear"]:
+                print(f"# a sign-up it decides: {exe} sign --config {args.config} --provider {name} "
+                      "--variant user.pre_create --dev-secrets --send")
+            print(flush=True)
         log.configure(args.log_level)
         with PidFile(config.settings):
             asyncio.run(serve(config, sockets=sockets))
     except (BrokerError, LifespanFailureError, ListenError) as exc:
         return _fail(str(exc))
     finally:
+        stop_policy.set()
         close(sockets)
         broker.stop()
     return 0
@@ -360,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     for sub in (serve, dev):
         sub.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
     dev.add_argument("--broker-port", type=int, default=9092)
+    dev.add_argument("--policy", help="path/file.py:function answering the routes with reply (webhookbus.reply)")
     sign = command("sign", cmd_sign, "print (or --send) a correctly signed sample request for a provider")
     tail = command("tail", cmd_tail, "print the CloudEvents published on a topic")
     for sub in (sign, tail):

@@ -107,7 +107,8 @@ def _answer(value: bytes | None, headers: list[tuple[str, bytes]], handler: Hand
     if decision is None:
         return
     reply = CloudEvent(id=uuid.uuid4().hex, source=source, type=f"{event.type}.decision",
-                       time=datetime.now(timezone.utc), data=decision, subject=event.subject, extensions={CORRELATION_ID: correlation_id})
+                       time=datetime.now(timezone.utc), data=decision, subject=event.subject,
+                       extensions={CORRELATION_ID: correlation_id})
     encoded, reply_headers = encode_structured(reply)
     partition = document.get(REPLY_PARTITION)
     producer.send(reply_topic, encoded, headers=reply_headers,
@@ -125,6 +126,30 @@ def _cloudevent(document: dict[str, Any]) -> CloudEvent:
     )
 
 
+def load_policy(spec: str) -> Handler:
+    """``path/to/file.py:function`` as a handler; ``ValueError`` naming what is missing."""
+    path, _, name = spec.rpartition(":")
+    if not path or not name:
+        raise ValueError(f"{spec!r} is not path/to/file.py:function")
+    try:
+        handler = runpy.run_path(path).get(name)
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    if not callable(handler):
+        raise ValueError(f"no function {name!r} in {path}")
+    return handler  # type: ignore[no-any-return]
+
+
+def answer_in_threads(topics: list[str], handler: Handler, bootstrap_servers: str | list[str],
+                      stop: threading.Event) -> list[threading.Thread]:
+    """:func:`serve` on each topic in a daemon thread, until ``stop``: for ``webhookbus dev``."""
+    threads = [threading.Thread(target=serve, args=(topic, handler, bootstrap_servers), kwargs={"stop": stop},
+                                name=f"reply-{topic}", daemon=True) for topic in topics]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m webhookbus.reply",
                                      description="answer a webhookbus reply route with a policy function")
@@ -132,10 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--topic", required=True, help="the topic the reply route publishes the events to")
     parser.add_argument("--bootstrap", default="127.0.0.1:9092", help="host:port[,host:port]")
     args = parser.parse_args(argv)
-    path, _, name = args.policy.rpartition(":")
-    handler = runpy.run_path(path).get(name) if path else None
-    if not callable(handler):
-        print(f"webhookbus.reply: no function {name!r} in {path or args.policy}", file=sys.stderr)
+    try:
+        handler = load_policy(args.policy)
+    except ValueError as exc:
+        print(f"webhookbus.reply: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     log.info("answering %s with %s", args.topic, args.policy)
