@@ -46,7 +46,7 @@ class Claim:
     duplicates: frozenset[bytes]
     provider: str
     expires: float  # unix seconds: now + the provider's window
-    token: str = ""  # the shared store's mark on the ids it holds for this request
+    token: bytes = b""  # the shared store's mark on the ids it holds for this request
     done: asyncio.Future[bool] | None = field(default=None, repr=False)
 
 
