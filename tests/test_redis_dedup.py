@@ -144,17 +144,24 @@ def test_two_workers_share_the_redis_store(tmp_path, kafka_broker, redis_server,
         server.stop()
 
 
+@pytest.mark.parametrize("layout", ["two instances", "two workers"])
 def test_killing_redis_under_load_keeps_each_providers_policy_and_loses_nothing_answered_2xx(
-        tmp_path, kafka_broker, own_redis, topic_name):
+        tmp_path, kafka_broker, own_redis, topic_name, layout):
     """uip publishes without dedup while Redis is down (at least once), authgear answers 503 +
     Retry-After; never a 500; every event answered 2xx is on Kafka; once Redis is back (empty:
-    it keeps nothing on disk here) retries are deduplicated again without a restart."""
+    it keeps nothing on disk here) retries are deduplicated again without a restart.  Each
+    event's retry goes to the other instance, or with ``server.workers: 2`` on a new connection
+    (the kernel spreads them over the workers)."""
     topic = topic_name("outage")
     config = settings(topic, own_redis.url)
     config["providers"]["authgear"]["on_dedup_unavailable"] = "reject"
-    admin_ports = {"a": free_port(), "b": free_port()}
-    a, b = (ServerProcess({**config, "admin": {"host": "127.0.0.1", "port": admin_ports[name]}}, kafka_broker.bootstrap,
-                          tmp_path / name).start() for name in "ab")
+    if layout == "two workers":
+        config["server"] = {"workers": 2}
+    names = "ab" if layout == "two instances" else "a"
+    admin_ports = {name: free_port() for name in names}
+    servers = [ServerProcess({**config, "admin": {"host": "127.0.0.1", "port": admin_ports[name]}},
+                             kafka_broker.bootstrap, tmp_path / name).start() for name in names]
+    a, b = servers if len(servers) == 2 else servers * 2
     replies: list[tuple[str, str, int, dict[str, str], bytes]] = []
     stop = threading.Event()
 
@@ -197,9 +204,11 @@ def test_killing_redis_under_load_keeps_each_providers_policy_and_loses_nothing_
         provider, data, event_id = uip(f"after-{uuid.uuid4().hex[:8]}")
         assert send(a, provider, data) == 200 and send(b, provider, data) == 200
         assert published(kafka_broker.bootstrap, topic, len(counts) + 1)[event_id] == 1
-        for instance in (a, b):
+        for instance in servers:
             log = instance.log_path.read_text()
-            assert '"dedup store unavailable"' in log and '"dedup store reachable again"' in log
+            processes = 2 if layout == "two workers" else 1
+            assert log.count('"dedup store unavailable"') == log.count('"dedup store reachable again"') == processes, \
+                "one line each way per process (each instance, or each worker)"
         counted = Counter()
         for port in admin_ports.values():
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
@@ -211,5 +220,5 @@ def test_killing_redis_under_load_keeps_each_providers_policy_and_loses_nothing_
         assert counted[("uip", "publish")] > 0
     finally:
         stop.set()
-        a.stop()
-        b.stop()
+        for server in servers:
+            server.stop()
