@@ -166,7 +166,7 @@ def test_password_from_an_env_reference_and_never_in_the_url(monkeypatch):
 def test_many_requests_at_once_share_one_connection(redis_server):
     """redis-py's pool refuses a 101st connection: 500 claims at once must not look like an outage."""
     async def scenario() -> None:
-        claims = store(redis_server)
+        claims = store(redis_server, deadline=1.0)
         held = await asyncio.gather(*(claims.claim("uip", keys(f"g{n}"), window=60, wait=1.0) for n in range(500)))
         assert all(claim.held for claim in held) and claims.unavailable == 0
         for claim in held:

@@ -74,6 +74,7 @@ return 1
 """
 
 DOWN_FOR = 1.0  # seconds a failed call marks the store down: requests do not queue on a dead address
+BATCH = 128  # calls per pipeline: each batch must be answered within the deadline, however many wait
 
 
 class _Script:
@@ -130,7 +131,7 @@ class RedisClaims:
         """Send what is queued as one pipeline, wait for its replies, repeat while more is queued."""
         try:
             while self._queue:
-                batch, self._queue = self._queue, []
+                batch, self._queue = self._queue[:BATCH], self._queue[BATCH:]
                 try:
                     replies = await self._execute(batch)
                 except DedupUnavailable as exc:
