@@ -10,7 +10,7 @@ CONFIG ?= config/webhookbus.yaml
 $(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]' $(foreach p,$(wildcard plugins/*/pyproject.toml),-e ./$(dir $(p)))
+	$(BIN)/pip install -q -e '.[fast,test]' $(foreach p,$(wildcard plugins/*/pyproject.toml),-e ./$(dir $(p)))
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from webhookbus.testing.pytest_plugin import engines
 from webhookbus.testing.samples import DEV_FILES, dev_platform_public_pem
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "webhookbus.yaml"
@@ -50,3 +51,9 @@ def example_settings(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str
             values.append(value.encode())
     settings.get("kafka", {}).pop("bootstrap_servers", None)
     return settings, values
+
+
+@pytest.fixture(params=engines())
+def webhookbus_engine(request: pytest.FixtureRequest) -> str:
+    """Every listener test runs on each engine ``server.engine: auto`` can choose."""
+    return str(request.param)

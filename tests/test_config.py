@@ -224,13 +224,14 @@ def test_a_value_under_secrets_or_kafka_producer_is_never_echoed(monkeypatch):
     assert "bogus" in message and "env-pw-never-printed" not in message
 
 
-def test_hypercorn_read_timeout_rounds_up():
+def test_hypercorn_read_timeout_is_whole_seconds_past_the_apps_body_deadline():
     from webhookbus.config import ServerSettings
-    from webhookbus.http.server import hypercorn_config
+    from webhookbus.http.deadlines import BodyDeadlines
+    from webhookbus.http.engines.hypercorn_engine import hypercorn_config
 
-    assert hypercorn_config(ServerSettings(request_timeout=0.5)).read_timeout == 1
-    assert hypercorn_config(ServerSettings(request_timeout=1.9)).read_timeout == 2
-    assert hypercorn_config(ServerSettings(request_timeout=10)).read_timeout == 10
+    for timeout in (0.5, 1, 1.9, 10):
+        read_timeout = hypercorn_config(ServerSettings(request_timeout=timeout)).read_timeout
+        assert isinstance(read_timeout, int) and read_timeout > timeout + BodyDeadlines(timeout).interval
 
 
 def test_a_non_utf8_file_is_a_config_error(tmp_path: Path):

@@ -234,9 +234,9 @@ def test_client_certificate_subject_is_believed_only_from_trusted_proxies(webhoo
     app = WebhookBus(listener.config)
     subject = "CN=webhooks.launchkey.com,O=iovation\\, Inc.,L=Portland,ST=Oregon,C=US"
     headers = {"x-ssl-client-s-dn": subject}
-    assert app._tls_peer(headers, ("127.0.0.1", 5000)) == {"subject": subject}
-    assert app._tls_peer(headers, ("10.9.9.9", 5000)) is None
-    assert app._tls_peer({}, ("127.0.0.1", 5000)) is None
+    assert app._tls_peer({}, headers, ("127.0.0.1", 5000)) == {"subject": subject}
+    assert app._tls_peer({}, headers, ("10.9.9.9", 5000)) is None
+    assert app._tls_peer({}, {}, ("127.0.0.1", 5000)) is None
 
 
 def test_deeply_nested_json_is_a_400_not_a_crash(webhookbus_listener):

@@ -214,9 +214,9 @@ def test_rejected_requests_reach_the_audit_topic_rate_limited_and_without_secret
         assert body not in record.value and SECRET.encode() not in record.value
 
 
-def test_kill_9_then_restart_forwards_everything_the_spool_held(own_broker, topic_name, tmp_path):
+def test_kill_9_then_restart_forwards_everything_the_spool_held(own_broker, topic_name, tmp_path, webhookbus_engine):
     topic = topic_name("kill9")
-    server = ServerProcess(config(topic, ack="spool"), own_broker.bootstrap, tmp_path).start()
+    server = ServerProcess(config(topic, ack="spool"), own_broker.bootstrap, tmp_path, engine=webhookbus_engine).start()
     try:
         own_broker.stop()
         accepted = [f"k-{n}" for n in range(30)]
@@ -233,13 +233,13 @@ def test_kill_9_then_restart_forwards_everything_the_spool_held(own_broker, topi
         server.stop()
 
 
-def test_no_accepted_request_is_lost_across_a_sigterm_during_load(own_broker, topic_name, tmp_path):
+def test_no_accepted_request_is_lost_across_a_sigterm_during_load(own_broker, topic_name, tmp_path, webhookbus_engine):
     """Clients keep sending while SIGTERM arrives; every 2xx must end up on Kafka."""
     broker_topic, spool_topic = topic_name("term-broker"), topic_name("term-spool")
     settings = config(broker_topic)
     settings["providers"]["spooled"] = {**settings["providers"]["demo"], "path": "/webhooks/spooled", "ack": "spool"}
     settings["routes"] = [{"provider": "demo", "topic": broker_topic}, {"provider": "spooled", "topic": spool_topic}]
-    server = ServerProcess(settings, own_broker.bootstrap, tmp_path).start()
+    server = ServerProcess(settings, own_broker.bootstrap, tmp_path, engine=webhookbus_engine).start()
     accepted: list[tuple[str, str]] = []
     stop = threading.Event()
 
@@ -300,13 +300,13 @@ def test_a_slot_another_process_left_is_forwarded_and_released(webhookbus_listen
     wait_until(lambda: not list_segments(tmp_path / "3") and slot_owner(tmp_path / "3") is None, timeout=10)
 
 
-def test_serve_will_not_start_without_a_writable_spool(tmp_path):
-    """Hypercorn would otherwise serve on without lifespan: 2xx with nowhere to fall back."""
+def test_serve_will_not_start_without_a_writable_spool(tmp_path, webhookbus_engine):
+    """The engine would otherwise serve on without lifespan: 2xx with nowhere to fall back."""
     import yaml
 
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
-    settings = {**config("unused"), "spool": {"directory": str(blocker / "spool")}, "server": {"port": 0}}
+    settings = {**config("unused"), "spool": {"directory": str(blocker / "spool")}, "server": {"port": 0, "engine": webhookbus_engine}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(settings))
     run = subprocess.run([sys.executable, "-m", "webhookbus.cli", "serve", "--config", str(tmp_path / "c.yaml")],
                          capture_output=True, text=True, timeout=60)

@@ -26,10 +26,10 @@ PATH = "/webhooks/demo"
 
 
 @pytest.fixture
-def server(tmp_path: Path, kafka_broker, topic_name) -> Iterator[tuple[subprocess.Popen[bytes], int, str, Path]]:
+def server(tmp_path: Path, kafka_broker, topic_name, webhookbus_engine) -> Iterator[tuple[subprocess.Popen[bytes], int, str, Path]]:
     port, topic = free_port(), topic_name("workers")
     config = {
-        "server": {"host": "127.0.0.1", "port": port, "workers": 2, "graceful_timeout": 2},
+        "server": {"host": "127.0.0.1", "port": port, "workers": 2, "graceful_timeout": 2, "engine": webhookbus_engine},
         "kafka": {"bootstrap_servers": [kafka_broker.bootstrap]},
         "providers": {"demo": {"verifier": "hmac", "path": PATH, "secrets": [f"literal:{SECRET}"],
                                "options": {"id_field": "id"}}},

@@ -32,17 +32,15 @@ def _load(path: str) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from hypercorn.utils import LifespanFailureError
-
     from webhookbus.http.reload import PidFile
-    from webhookbus.http.server import ListenError, run
+    from webhookbus.http.server import ListenError, StartupFailed, run
 
     config = _load(args.config)
     log.configure(args.log_level)
     try:
         with PidFile(config.settings):  # where `webhookbus reload` finds this process
             return run(config)
-    except (LifespanFailureError, ListenError) as exc:  # e.g. the spool directory cannot be written, the port is taken
+    except (StartupFailed, ListenError) as exc:  # e.g. the spool directory cannot be written, the port is taken
         return _fail(str(exc))
 
 
@@ -283,10 +281,8 @@ def _fail(message: str, code: int = 2) -> int:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     """Start a local broker and the listener, with sample secrets, and print signed curls."""
-    from hypercorn.utils import LifespanFailureError
-
     from webhookbus.http.reload import PidFile
-    from webhookbus.http.server import ListenError, bind, close, serve
+    from webhookbus.http.server import ListenError, StartupFailed, bind, close, serve
     from webhookbus.testing.broker import Broker, BrokerError
     from webhookbus.testing.samples import install_dev_secrets, sample_request
 
@@ -333,7 +329,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         log.configure(args.log_level)
         with PidFile(config.settings):
             asyncio.run(serve(config, sockets=sockets))
-    except (BrokerError, LifespanFailureError, ListenError) as exc:
+    except (BrokerError, StartupFailed, ListenError) as exc:
         return _fail(str(exc))
     finally:
         stop_policy.set()

@@ -13,6 +13,7 @@ import importlib.util
 import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,10 +128,32 @@ class _Section(BaseModel):
 
 
 class TlsSettings(_Section):
+    """TLS terminated by webhookbus itself, on whichever engine serves (see docs in README, "TLS")."""
+
     certfile: str
     keyfile: str
-    ca_certs: str | None = Field(None, description="CA bundle for client certificates (mutual TLS).")
-    require_client_cert: bool = False
+    ca_certs: str | None = Field(None, description="CA bundle that client certificates must chain to (mutual TLS).")
+    client_auth: Literal["none", "optional", "required"] = Field(
+        "none", description="Ask clients for a certificate: required refuses the handshake without one."
+    )
+    require_client_cert: bool | None = Field(None, description="Deprecated: client_auth: required.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TlsSettings:
+        if self.require_client_cert is not None:  # the setting before client_auth existed
+            wanted = "required" if self.require_client_cert else "none"
+            if "client_auth" in self.model_fields_set and self.client_auth != wanted:
+                raise ValueError("require_client_cert contradicts client_auth: keep client_auth only")
+            self.client_auth = wanted
+        if self.client_auth != "none" and self.ca_certs is None:
+            raise ValueError(f"client_auth: {self.client_auth} needs ca_certs (the CA client certificates chain to)")
+        from webhookbus.http.tls import server_context
+
+        try:  # here, so a missing or mismatched file is a config error naming the line, not a failed start
+            server_context(self)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"cannot load the certificate, key or CA bundle: {exc}") from None
+        return self
 
 
 class ClientCertHeaderSettings(_Section):
@@ -157,6 +180,10 @@ class ServerSettings(_Section):
     loop: Literal["auto", "asyncio", "uvloop"] = Field(
         "auto", description="Event loop; auto: uvloop when installed (pip install 'webhookbus[fast]'), else asyncio's."
     )
+    engine: Literal["auto", "hypercorn", "uvicorn"] = Field(
+        "auto", description="HTTP engine; auto: uvicorn (httptools) when installed (pip install 'webhookbus[fast]'), "
+                            "else hypercorn."
+    )
     tls: TlsSettings | None = None
     client_cert_header: ClientCertHeaderSettings | None = None
     public_url: PublicUrl | None = Field(
@@ -173,6 +200,24 @@ class ServerSettings(_Section):
         if value == "uvloop" and importlib.util.find_spec("uvloop") is None:
             raise ValueError("uvloop is not installed: pip install 'webhookbus[fast]', or use loop: auto")
         return value
+
+    @field_validator("engine")
+    @classmethod
+    def _engine_installed(cls, value: str) -> str:
+        from webhookbus.http.engines import ENGINES, missing
+
+        if value != "auto" and missing(value):
+            raise ValueError(f"{value} needs {', '.join(missing(value))}: pip install 'webhookbus[fast]', "
+                             f"or use engine: auto")
+        assert value == "auto" or value in ENGINES
+        return value
+
+    @property
+    def engine_name(self) -> str:
+        """The engine that serves: ``engine`` with auto resolved."""
+        from webhookbus.http.engines import resolve
+
+        return resolve(self.engine)
 
 
 class KafkaSettings(_Section):
@@ -544,6 +589,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
             errors.add(("dedup", "password"), str(exc))
     _check_replies(settings, providers, errors)
     _load_hash_keys(settings, errors)
+    _check_client_subjects(settings.server, providers, errors)
     errors.raise_if_any()
     return Config(settings=settings, providers=providers, source=source, warnings=warnings, dedup_password=dedup_password)
 
@@ -666,6 +712,8 @@ def validation_reason(error: ValueError) -> str:
         return "; ".join(f"{'.'.join(map(str, item['loc'])) or 'answer'}: {item['msg']}"
                          for item in error.errors(include_url=False, include_input=False))
     return str(error)
+
+
 def _load_hash_keys(settings: Settings, errors: _Errors) -> None:
     """Resolve each route's PII hash key, as a provider's secrets are: at load, errors by line."""
     for index, route in enumerate(settings.routes):
@@ -674,6 +722,30 @@ def _load_hash_keys(settings: Settings, errors: _Errors) -> None:
                 route.pii.use_key(resolve_secret(route.pii.hash_key))
             except ValueError as exc:
                 errors.add(("routes", index, "pii", "hash_key"), str(exc))
+
+
+def _check_client_subjects(server: ServerSettings, providers: dict[str, Provider], errors: _Errors) -> None:
+    """A provider pinning its client certificate's subject (``options.client_subject``) must get
+    that certificate from somewhere, or every one of its requests would be refused at run time."""
+    if server.client_cert_header is not None:
+        return  # a TLS-terminating proxy passes the subject
+    for name, provider in providers.items():
+        if getattr(provider.options, "client_subject", None) is None:
+            continue
+        loc: Loc = ("providers", name, "options", "client_subject")
+        if server.tls is None or server.tls.client_auth == "none":
+            errors.add(loc, "needs the client certificate: set server.tls with client_auth: optional or required "
+                            "(or server.client_cert_header behind a TLS-terminating proxy)")
+        elif not _engine_passes_certificates(server.engine_name):
+            errors.add(loc, f"server.engine {server.engine_name} cannot hand the verified client certificate to "
+                            "webhookbus: use engine: uvicorn (pip install 'webhookbus[fast]'), or terminate TLS in a "
+                            "proxy and set server.client_cert_header")
+
+
+def _engine_passes_certificates(name: str) -> bool:
+    from webhookbus.http.engines import ENGINES
+
+    return ENGINES[name].client_certificate
 
 
 def route_warnings(settings: Settings) -> Sequence[str]:

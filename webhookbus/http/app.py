@@ -31,6 +31,7 @@ from webhookbus.delivery.publish import Publisher, broker_reachable
 from webhookbus.http import reload
 from webhookbus.http.urls import BadForwardedHeader, request_url, trusted
 from webhookbus.delivery.replies import HeldRequests
+from webhookbus.http.deadlines import BodyDeadlines
 from webhookbus.signing import matched_secret_index
 
 Scope = MutableMapping[str, Any]
@@ -46,14 +47,6 @@ class HttpError(Exception):
     def __init__(self, status: int, error: str, detail: str, headers: list[tuple[bytes, bytes]] | None = None):
         super().__init__(detail)
         self.status, self.error, self.detail, self.headers = status, error, detail, headers or []
-
-
-async def _receive_by(receive: Receive, deadline: float) -> MutableMapping[str, Any]:
-    try:
-        async with asyncio.timeout_at(deadline):
-            return await receive()
-    except TimeoutError:
-        raise HttpError(408, "request_timeout", "body not received in time") from None
 
 
 def _json_response(status: int, payload: dict[str, Any]) -> Response:
@@ -75,6 +68,8 @@ class WebhookBus:
         self._configure(config)
         self._stop_reloading: Callable[[], None] = lambda: None
         self._in_flight = 0
+        self.deadlines = BodyDeadlines(self.server.request_timeout)
+        self.startup_failure: str | None = None  # why the lifespan startup failed, for the engine's error
         # Request ids: a random prefix per process (the app is built after a worker forks) and
         # a counter; uuid4 reads os.urandom, a syscall per request that showed in profiles.
         self._request_ids = map(f"{secrets.token_hex(10)}{{:012x}}".format, itertools.count())
@@ -121,14 +116,16 @@ class WebhookBus:
                 try:
                     self.delivery.start()
                     self.held.start()
-                except Exception as exc:  # hypercorn would otherwise serve without a spool or producer
-                    await send({"type": "lifespan.startup.failed", "message": f"cannot start delivery: {exc}"})
+                except Exception as exc:  # the engine would otherwise serve without a spool or producer
+                    self.startup_failure = f"cannot start delivery: {exc}"
+                    await send({"type": "lifespan.startup.failed", "message": self.startup_failure})
                     return
                 self._stop_reloading = reload.listen(self)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 self._stop_reloading()
                 await self.held.close()
+                await self.deadlines.close()
                 await self.delivery.close(self.server.graceful_timeout)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -251,7 +248,7 @@ class WebhookBus:
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise HttpError(413, "body_too_large", f"body exceeds {limit} bytes")
-        body = await self._read_body(receive, limit, scope.get("http_version", "1.1"))
+        body = await self._read_body(receive, limit)
         client = scope.get("client")
         try:
             url = request_url(scope, headers, self.server, provider, self._proxies)
@@ -267,47 +264,49 @@ class WebhookBus:
             body=body,
             received_at=datetime.now(timezone.utc),
             client=f"{client[0]}:{client[1]}" if client else None,
-            tls_peer=self._tls_peer(headers, client),
+            tls_peer=self._tls_peer(scope, headers, client),
             url=url,
         )
 
-    async def _read_body(self, receive: Receive, limit: int, http_version: str) -> bytes:
-        """The whole body, at most ``limit`` bytes, within ``server.request_timeout``.
+    async def _read_body(self, receive: Receive, limit: int) -> bytes:
+        """The whole body, at most ``limit`` bytes, within ``server.request_timeout``
+        (:mod:`webhookbus.http.deadlines`: no timer per request, and the same on every engine)."""
+        task = self.deadlines.arm()
+        try:
+            message = await receive()
+            if message.get("more_body") is False and message["type"] == "http.request":  # the usual case
+                body = message.get("body", b"")
+                if len(body) > limit:
+                    raise HttpError(413, "body_too_large", f"body exceeds {limit} bytes")
+                return body
+            chunks: list[bytes] = []
+            size = 0
+            while True:
+                if message["type"] == "http.disconnect":
+                    raise HttpError(400, "client_disconnected", "client went away before the body was read")
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise HttpError(413, "body_too_large", f"body exceeds {limit} bytes")
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return chunk if len(chunks) == 1 else b"".join(chunks)
+                message = await receive()
+        except asyncio.CancelledError:
+            if self.deadlines.expired(task):
+                raise HttpError(408, "request_timeout", "body not received in time") from None
+            raise
+        finally:
+            self.deadlines.disarm(task)
 
-        A webhook's body nearly always comes whole in the first message, so over HTTP/1 the
-        deadline's timer is armed only when more is to come (a timer per request showed in
-        profiles): until the first message, hypercorn's read timeout (the same setting) bounds
-        the wait.  Not over HTTP/2, where a client's PINGs keep the connection readable while
-        a stream never sends its body, which would hold an in-flight slot forever.
-        """
-        clock = asyncio.get_running_loop().time
-        deadline = None if http_version.startswith("1") else clock() + self.server.request_timeout
-        message = await (receive() if deadline is None else _receive_by(receive, deadline))
-        if message.get("more_body") is False and message["type"] == "http.request":  # the usual case
-            body = message.get("body", b"")
-            if len(body) > limit:
-                raise HttpError(413, "body_too_large", f"body exceeds {limit} bytes")
-            return body
-        deadline = deadline or clock() + self.server.request_timeout
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            if message["type"] == "http.disconnect":
-                raise HttpError(400, "client_disconnected", "client went away before the body was read")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise HttpError(413, "body_too_large", f"body exceeds {limit} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunk if len(chunks) == 1 else b"".join(chunks)
-            message = await _receive_by(receive, deadline)
-
-    def _tls_peer(self, headers: dict[str, str], client: Any) -> dict[str, str] | None:
-        """The client certificate subject a trusted TLS-terminating proxy passed on, if any.
-
-        Hypercorn verifies client certificates (``server.tls.require_client_cert``) but does
-        not expose them to the application, so subject pinning needs the proxy header."""
+    def _tls_peer(self, scope: Scope, headers: dict[str, str], client: Any) -> dict[str, str] | None:
+        """The client certificate subject: the one webhookbus's own TLS verified (the ASGI
+        ``tls`` extension, from engines that pass it on), else the one a trusted
+        TLS-terminating proxy passed on in ``server.client_cert_header``."""
+        tls = scope.get("extensions", {}).get("tls")
+        if tls is not None:
+            name = tls.get("client_cert_name")
+            return {"subject": name} if name else None
         proxy = self.server.client_cert_header
         if proxy is None or not client or client[0] not in proxy.trusted_proxies:
             return None

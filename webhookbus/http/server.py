@@ -1,9 +1,10 @@
-"""Running the application under hypercorn, with limits and graceful shutdown.
+"""Running the application: sockets, the engine, workers, signals.
 
-Hypercorn owns the sockets and HTTP parsing; here its settings are derived from ours so
-there is one config file.  On the shutdown trigger hypercorn stops accepting, gives
-in-flight requests ``graceful_timeout`` seconds, then runs the lifespan shutdown, which
-flushes the Kafka producer.
+The sockets are bound here, whatever engine serves (:mod:`webhookbus.http.engines`), so the
+address-in-use error, ``server.workers`` and SIGTERM behave the same on every engine.  On
+the shutdown trigger the engine stops accepting, gives in-flight requests
+``graceful_timeout`` seconds, then runs the lifespan shutdown, which flushes the Kafka
+producer.
 
 With ``server.workers`` above one, :func:`run` forks that many worker processes, each a
 complete single-process server (its own event loop, producer, spool slot) listening on
@@ -19,19 +20,13 @@ import asyncio
 import errno
 import gc
 import logging
-import math
 import multiprocessing
 import os
 import signal
-import ssl
+import socket
 from collections.abc import Callable
 from functools import partial
 from multiprocessing.connection import wait
-
-from hypercorn.asyncio.run import worker_serve
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.config import Sockets
-from hypercorn.utils import wrap_app
 
 from webhookbus import metrics
 from webhookbus.activity import Snapshot, merged
@@ -39,6 +34,10 @@ from webhookbus.http.admin import AdminServer
 from webhookbus.http import reload
 from webhookbus.http.app import WebhookBus
 from webhookbus.config import Config, ServerSettings
+from webhookbus.http.engines import StartupFailed, load
+from webhookbus.http.tls import server_context
+
+__all__ = ["ListenError", "StartupFailed", "admin_server", "bind", "close", "run", "serve"]
 
 log = logging.getLogger("webhookbus.server")
 
@@ -54,15 +53,29 @@ _BIND_ERRORS = {
 }
 
 
-def bind(server: ServerSettings, hyper: HypercornConfig | None = None) -> Sockets:
+def bind(server: ServerSettings, reuse_port: bool = False, port: int | None = None) -> list[socket.socket]:
     """The configured address, bound (not yet listening): before anything else starts, so an
     address in use is a :class:`ListenError` naming it, not a traceback after the producer and
-    a spool slot were started.  ``hyper`` defaults to :func:`hypercorn_config` (no ``SO_REUSEPORT``,
-    so another instance's reuse-port listener on the address counts as in use too)."""
+    a spool slot were started.  Without ``reuse_port``, another instance's reuse-port listener
+    on the address counts as in use too."""
+    port = server.port if port is None else port
     try:
-        return (hyper or hypercorn_config(server)).create_sockets()
+        family, kind, proto, _, address = socket.getaddrinfo(
+            server.host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except (OSError, UnicodeError) as exc:
+        host = f"[{server.host}]" if ":" in server.host else server.host
+        raise ListenError(f"cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        sock.setblocking(False)
     except OSError as exc:
-        raise _listen_error(exc, server.host, server.port, "server") from None
+        sock.close()
+        raise _listen_error(exc, server.host, port, "server") from None
+    return [sock]
 
 
 def _listen_error(exc: OSError, host: str, port: int, section: str) -> Exception:
@@ -85,31 +98,12 @@ def admin_server(config: Config, registry: metrics.CollectorRegistry,
         raise _listen_error(exc, admin.host, admin.port, "admin") from None
 
 
-def close(sockets: Sockets) -> None:
-    for sock in [*sockets.secure_sockets, *sockets.insecure_sockets, *sockets.quic_sockets]:
+def close(sockets: list[socket.socket]) -> None:
+    for sock in sockets:
         sock.close()
 
 
-def hypercorn_config(server: ServerSettings) -> HypercornConfig:
-    config = HypercornConfig()
-    config.bind = [f"{server.host}:{server.port}"]
-    config.graceful_timeout = server.graceful_timeout
-    # idle connections and slow clients (slowloris); rounded up: int(0.5) would be 0, dropping every connection
-    config.read_timeout = math.ceil(server.request_timeout)
-    config.h11_max_incomplete_size = 16 * 1024  # request line + headers
-    config.keep_alive_timeout = 5
-    config.accesslog = None  # our own structured request log replaces it
-    config.errorlog = None
-    config.include_server_header = False
-    if server.tls is not None:
-        config.certfile, config.keyfile = server.tls.certfile, server.tls.keyfile
-        config.ca_certs = server.tls.ca_certs
-        if server.tls.require_client_cert:
-            config.verify_mode = ssl.CERT_REQUIRED
-    return config
-
-
-async def serve(config: Config, shutdown: asyncio.Event | None = None, sockets: Sockets | None = None,
+async def serve(config: Config, shutdown: asyncio.Event | None = None, sockets: list[socket.socket] | None = None,
                 worker: int = 0, with_admin: bool = True) -> None:
     """Serve until ``shutdown`` is set or, when none is given, until SIGTERM/SIGINT.
 
@@ -117,11 +111,13 @@ async def serve(config: Config, shutdown: asyncio.Event | None = None, sockets: 
     default the configured address is bound here, before the application starts
     (:class:`ListenError` when it cannot be).  ``worker`` is the process's index among
     ``server.workers``.  The admin listener runs here too, unless ``with_admin`` is false
-    (a forked worker: the parent runs it for all of them).
+    (a forked worker: the parent runs it for all of them).  :class:`StartupFailed` when the
+    lifespan startup fails.
     """
+    server = config.settings.server
     own = sockets is None
     if sockets is None:
-        sockets = bind(config.settings.server)
+        sockets = bind(server)
     admin = None
     try:
         app = WebhookBus(config, worker=worker)
@@ -134,13 +130,12 @@ async def serve(config: Config, shutdown: asyncio.Event | None = None, sockets: 
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, shutdown.set)
-        hyper = hypercorn_config(config.settings.server)
-        await worker_serve(wrap_app(app, hyper.wsgi_max_body_size, "asgi"), hyper, sockets=sockets,
-                           shutdown_trigger=shutdown.wait)
+        tls = server_context(server.tls) if server.tls is not None else None
+        await load(server.engine_name).serve(app, server, sockets, tls, shutdown)
     finally:
         if admin is not None:
             admin.stop()
-        if own:  # already closed when hypercorn served on them; not when the startup failed
+        if own:  # the engine closes them once it served; not when the startup failed
             close(sockets)
 
 
@@ -182,8 +177,8 @@ def _run_workers(config: Config, registry: metrics.CollectorRegistry) -> int:
     activity = partial(merged, metrics.shared_directory() or "", keep)
     admin = admin_server(config, registry, activity)  # bound before the workers start, served once they run
     # Bound, never listening: holds the address (and resolves port 0) without taking connections.
-    held = bind(server, _reuseport_config(server))
-    port = [*held.secure_sockets, *held.insecure_sockets][0].getsockname()[1]
+    held = bind(server, reuse_port=True)
+    port = held[0].getsockname()[1]
     context = multiprocessing.get_context("fork")
     processes = [context.Process(target=_worker, args=(config, port, index, admin),
                                    name=f"webhookbus-worker-{index}")
@@ -239,18 +234,12 @@ def loop_factory(server: ServerSettings) -> Callable[[], asyncio.AbstractEventLo
     return uvloop.new_event_loop  # type: ignore[no-any-return]
 
 
-def _reuseport_config(server: ServerSettings, port: int | None = None) -> HypercornConfig:
-    hyper = hypercorn_config(server.model_copy(update={"port": server.port if port is None else port}))
-    hyper.workers = server.workers  # hypercorn sets SO_REUSEPORT on the sockets it creates
-    return hyper
-
-
 def _worker(config: Config, port: int, index: int, admin: AdminServer | None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # serve() installs its own handlers on the loop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if admin is not None:  # the parent's: a worker must not hold its address
         admin.server.server_close()
-    sockets = _reuseport_config(config.settings.server, port).create_sockets()
+    sockets = bind(config.settings.server, reuse_port=True, port=port)
     try:
         with asyncio.Runner(loop_factory=loop_factory(config.settings.server)) as runner:
             runner.run(serve(config, sockets=sockets, worker=index, with_admin=False))

@@ -50,6 +50,7 @@ class Listener:
     settings: dict[str, Any]
     bootstrap: str
     port: int = field(default_factory=free_port)
+    engine: str | None = None  # server.engine, unless the settings name one
     config: Config | None = None
     _thread: threading.Thread | None = None
     _loop: asyncio.AbstractEventLoop | None = None
@@ -58,7 +59,8 @@ class Listener:
 
     def __enter__(self) -> Listener:
         settings = dict(self.settings)
-        settings["server"] = {**settings.get("server", {}), "host": "127.0.0.1", "port": self.port}
+        engine = {"engine": self.engine} if self.engine else {}
+        settings["server"] = {**engine, **settings.get("server", {}), "host": "127.0.0.1", "port": self.port}
         kafka = settings.setdefault("kafka", {})
         settings["kafka"] = {"bootstrap_servers": [self.bootstrap], **kafka}
         if "directory" not in settings.get("spool", {}):

@@ -28,6 +28,7 @@ class ServerProcess:
     bootstrap: str
     directory: Path
     port: int = field(default_factory=free_port)
+    engine: str | None = None  # server.engine, unless the settings name one
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -40,7 +41,9 @@ class ServerProcess:
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
         settings = dict(self.settings)
-        settings["server"] = {"graceful_timeout": 5, **settings.get("server", {}), "host": "127.0.0.1", "port": self.port}
+        engine = {"engine": self.engine} if self.engine else {}
+        settings["server"] = {"graceful_timeout": 5, **engine, **settings.get("server", {}), "host": "127.0.0.1",
+                              "port": self.port}
         settings["kafka"] = {"bootstrap_servers": [self.bootstrap], **settings.get("kafka", {})}
         settings["spool"] = {"directory": str(self.directory / "spool"), **settings.get("spool", {})}
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,8 @@
   ``bootstrap``), on a free port (or ``port``), and stops it after the test.
 - ``redis_server``: one real Redis (Debian's ``redis-server``) for the whole session; ``own_redis``:
   one for a test that may kill, pause or restart it (a :class:`RedisServer`).
+- ``webhookbus_engine``: the ``server.engine`` listeners get (``auto``); override it in a
+  conftest.py, parametrized with :func:`engines`, to run the same tests on every engine.
 - ``topic_name``: a fresh topic name per call, so tests never read each other's records.
 - ``read_events``: ``read_events(topic, count, timeout=10.0)`` waits for ``count`` messages on a
   topic of the session broker and returns them decoded as CloudEvents (fewer after ``timeout``).
@@ -75,12 +77,25 @@ def own_redis() -> Iterator[RedisServer]:
     server.stop()
 
 
+def engines() -> list[str]:
+    """The engines ``server.engine: auto`` can choose, of those installed here."""
+    from webhookbus.http.engines import ENGINES, missing
+
+    return [name for name in ENGINES if not missing(name)]
+
+
 @pytest.fixture
-def webhookbus_listener(kafka_broker: Broker | ExternalBroker) -> Iterator[Callable[..., Listener]]:
+def webhookbus_engine() -> str:
+    return "auto"
+
+
+@pytest.fixture
+def webhookbus_listener(kafka_broker: Broker | ExternalBroker, webhookbus_engine: str) -> Iterator[Callable[..., Listener]]:
     started: list[Listener] = []
 
     def start(settings: dict[str, Any], bootstrap: str | None = None, port: int | None = None) -> Listener:
-        listener = Listener(settings, bootstrap or kafka_broker.bootstrap, free_port() if port is None else port)
+        listener = Listener(settings, bootstrap or kafka_broker.bootstrap, free_port() if port is None else port,
+                            engine=webhookbus_engine)
         listener.__enter__()
         started.append(listener)
         return listener
