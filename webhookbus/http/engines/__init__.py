@@ -18,10 +18,13 @@ from __future__ import annotations
 import asyncio
 import importlib
 import importlib.util
+import json
+import logging
+import secrets
 import socket
 import ssl
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from webhookbus.config import ServerSettings
@@ -30,6 +33,24 @@ if TYPE_CHECKING:
 # The request line and headers together; hypercorn's h11 limit, and the one the uvicorn engine adds.
 MAX_HEAD_BYTES = 16 * 1024
 KEEP_ALIVE_TIMEOUT = 5
+
+log = logging.getLogger("webhookbus.http")
+
+
+def head_size(scope: dict[str, Any]) -> int:
+    """The request line and headers as sent, give or take the separators."""
+    return len(scope["raw_path"]) + len(scope["query_string"]) + sum(len(n) + len(v) + 4 for n, v in scope["headers"])
+
+
+def refusal(status: int, error: str, detail: str, client: tuple[str, int] | None) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """Headers and body of a refusal an engine answers itself (the app never saw the request),
+    shaped like the app's own (JSON reason, request id, Content-Length), and its one log line."""
+    request_id = secrets.token_hex(16)
+    body = json.dumps({"error": error, "detail": detail}, separators=(",", ":")).encode()
+    log.warning("request", extra={"request_id": request_id, "status": status, "error": error, "reason": detail,
+                                  "client": f"{client[0]}:{client[1]}" if client else None})
+    return [(b"content-type", b"application/json"), (b"x-request-id", request_id.encode()),
+            (b"content-length", b"%d" % len(body)), (b"connection", b"close")], body
 
 
 class StartupFailed(Exception):

@@ -11,6 +11,7 @@ import asyncio
 import math
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from hypercorn.asyncio.run import worker_serve
@@ -18,11 +19,11 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
 from hypercorn.utils import LifespanFailureError, wrap_app
 
-from webhookbus.http.engines import KEEP_ALIVE_TIMEOUT, MAX_HEAD_BYTES, StartupFailed
+from webhookbus.http.engines import KEEP_ALIVE_TIMEOUT, MAX_HEAD_BYTES, StartupFailed, head_size, refusal
 
 if TYPE_CHECKING:
     from webhookbus.config import ServerSettings
-    from webhookbus.http.app import WebhookBus
+    from webhookbus.http.app import Receive, Scope, Send, WebhookBus
 
 
 class _Config(HypercornConfig):
@@ -55,6 +56,22 @@ def hypercorn_config(server: ServerSettings, tls: ssl.SSLContext | None = None) 
     return config
 
 
+def _head_limited(app: WebhookBus) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """h11 limits only a head still incomplete after a read: one that arrives whole in a
+    single read (or over HTTP/2) is checked here, before the app sees it."""
+
+    async def limited(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and head_size(scope) > MAX_HEAD_BYTES:
+            headers, body = refusal(431, "headers_too_large", f"request line and headers exceed {MAX_HEAD_BYTES} bytes",
+                                    scope.get("client"))
+            await send({"type": "http.response.start", "status": 431, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await app(scope, receive, send)
+
+    return limited
+
+
 class HypercornEngine:
     async def serve(self, app: WebhookBus, server: ServerSettings, sockets: list[socket.socket],
                     tls: ssl.SSLContext | None, shutdown: asyncio.Event) -> None:
@@ -63,7 +80,7 @@ class HypercornEngine:
             tls.set_alpn_protocols(config.alpn_protocols)  # h2 and http/1.1
         bound = Sockets(secure_sockets=sockets if tls else [], insecure_sockets=[] if tls else sockets, quic_sockets=[])
         try:
-            await worker_serve(wrap_app(app, config.wsgi_max_body_size, "asgi"), config, sockets=bound,
+            await worker_serve(wrap_app(_head_limited(app), config.wsgi_max_body_size, "asgi"), config, sockets=bound,
                                shutdown_trigger=shutdown.wait)
         except LifespanFailureError as exc:
             raise StartupFailed(str(exc)) from None

@@ -17,24 +17,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import secrets
 import socket
 import ssl
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from webhookbus.http.engines import KEEP_ALIVE_TIMEOUT, MAX_HEAD_BYTES, StartupFailed
+from webhookbus.http.engines import KEEP_ALIVE_TIMEOUT, MAX_HEAD_BYTES, StartupFailed, refusal
 from webhookbus.http.tls import tls_extension
 
 if TYPE_CHECKING:
     from webhookbus.config import ServerSettings
     from webhookbus.http.app import WebhookBus
 
-log = logging.getLogger("webhookbus.http")
 SWEEP_TICKS = 5  # uvicorn's server ticks every 0.1 s
 
 
@@ -92,16 +89,10 @@ class _Protocol(HttpToolsProtocol):
         if self.cycle is not None and not self.cycle.response_complete:  # a response is on its way
             self.transport.close()
             return
-        request_id = secrets.token_hex(16)
-        body = json.dumps({"error": error, "detail": detail}, separators=(",", ":")).encode()
-        reason = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
-        self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\nx-request-id: %s\r\n"
-                             b"content-length: %d\r\nconnection: close\r\n\r\n%s"
-                             % (status, reason, request_id.encode(), len(body), body))
+        headers, body = refusal(status, error, detail, self.client)
+        self.transport.write(b"".join([STATUS_LINE[status], *(b"%s: %s\r\n" % header for header in headers),
+                                       b"\r\n", body]))
         self.transport.close()
-        client = f"{self.client[0]}:{self.client[1]}" if self.client else None
-        log.warning("request", extra={"request_id": request_id, "status": status, "error": error, "reason": detail,
-                                      "client": client})
 
 
 class _Server(uvicorn.Server):
