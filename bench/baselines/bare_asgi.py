@@ -13,7 +13,8 @@ import sys
 from hypercorn.asyncio import serve
 
 from webhookbus.config import ServerSettings
-from webhookbus.http.server import hypercorn_config, loop_factory
+from webhookbus.http.engines.hypercorn_engine import hypercorn_config
+from webhookbus.http.server import loop_factory
 
 
 async def app(scope, receive, send):  # type: ignore[no-untyped-def]

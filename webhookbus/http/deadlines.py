@@ -5,8 +5,8 @@ over HTTP/1 (a client's HTTP/2 PINGs keep the connection readable), uvicorn has 
 the head.  Either way the request would hold its in-flight slot for good.  A timer per
 request showed in profiles (bench/README.md), so requests register in a dict instead
 (a few hundred nanoseconds) and one sweep, four times per timeout and at least once a
-second, cancels those past their deadline: a late body gets its 408 within 1.25 times the
-timeout (or the timeout plus a second).
+second while any request waits, cancels those past their deadline: a late body gets its
+408 within 1.25 times the timeout (or the timeout plus a second).
 """
 
 from __future__ import annotations
@@ -20,14 +20,17 @@ class BodyDeadlines:
         self.interval = min(1.0, timeout / 4)
         self._waiting: dict[asyncio.Task[object], float] = {}
         self._expired: set[asyncio.Task[object]] = set()
-        self._sweeper: asyncio.Task[None] | None = None
+        # The sweep is a loop callback scheduled only while requests wait: none when idle.
+        self._sweep: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def arm(self) -> asyncio.Task[object]:
         """The current task gets ``timeout`` seconds from now; pair with :meth:`disarm`."""
         task: asyncio.Task[object] = asyncio.current_task()  # type: ignore[assignment]
-        if self._sweeper is None or self._sweeper.done():  # started with the first request of a loop
-            self._sweeper = task.get_loop().create_task(self._sweep())
-        self._waiting[task] = task.get_loop().time() + self.timeout
+        loop = task.get_loop()
+        self._waiting[task] = loop.time() + self.timeout
+        if self._sweep is None or self._loop is not loop:
+            self._loop, self._sweep = loop, loop.call_later(self.interval, self._expire)
         return task
 
     def disarm(self, task: asyncio.Task[object]) -> None:
@@ -42,16 +45,15 @@ class BodyDeadlines:
         return task.uncancel() == 0
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
 
-    async def _sweep(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(self.interval)
-            now = loop.time()
-            for task in [task for task, deadline in self._waiting.items() if deadline <= now]:
-                del self._waiting[task]
-                self._expired.add(task)
-                task.cancel()
+    def _expire(self) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        for task in [task for task, deadline in self._waiting.items() if deadline <= now]:
+            del self._waiting[task]
+            self._expired.add(task)
+            task.cancel()
+        self._sweep = self._loop.call_later(self.interval, self._expire) if self._waiting else None
