@@ -147,6 +147,20 @@ def test_a_consumer_allows_and_denies_a_signed_user_pre_create_end_to_end(listen
         assert event.get_extension("correlationid")
 
 
+def test_correlation_ids_are_random_per_request_so_one_seen_tells_nothing_of_the_next(listener, read_events):
+    """A reply is trusted for its correlation id alone: an id made of a per-process prefix and a
+    counter let a reader of any topic the event fans out to predict the next request's id, and
+    answer it first from any producer allowed on the reply topic."""
+    running, topic, _ = listener(lambda event: ALLOW)
+    for _ in range(3):
+        assert running.post(PATH, *authgear_request()).json() == ALLOW
+    ids = [event.get_extension("correlationid") for event in read_events(topic, 3)]
+    assert len(set(ids)) == 3
+    for first, second in zip(ids, ids[1:]):
+        assert len(os.path.commonprefix([first, second])) < 8, ids  # random: 8 shared hex digits is 2**-32
+    assert all(len(bytes.fromhex(i)) >= 16 for i in ids), ids  # 128 bits at least
+
+
 def test_an_allow_with_a_user_mutation_is_passed_through(listener):
     answer = {"is_allowed": True, "mutations": {"user": {"custom_attributes": {"plan": "trial"}, "roles": ["beta"]}}}
     running, _, _ = listener(lambda event: answer)

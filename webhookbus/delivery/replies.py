@@ -23,7 +23,6 @@ down at startup, say) a held request gets its fallback at once, without the exte
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import secrets
 import threading
@@ -74,7 +73,6 @@ class HeldRequests:
         self.metrics = metrics or Metrics(enabled=False)
         self.counts: Counter[str] = Counter()  # reply, invalid, timed_out, dropped, not_ready, duplicate: for log lines
         self._waiting: dict[str, Hold] = {}
-        self._ids = map(f"{secrets.token_hex(8)}-{{:x}}".format, itertools.count())
         self.consumer: ReplyConsumer | None = None
 
     def start(self) -> None:
@@ -111,7 +109,10 @@ class HeldRequests:
             return hold
         loop = asyncio.get_running_loop()
         elapsed = max(0.0, time.time() - received_at.timestamp())  # the provider's clock runs since it sent
-        hold.correlation_id = next(self._ids)
+        # 128 random bits per request, never a prefix and a counter: the id travels on every topic
+        # the event fans out to, and whoever can write to the reply topic and guess the next
+        # request's id could answer it (allow a sign-up) before the real policy does.
+        hold.correlation_id = secrets.token_hex(16)
         hold.deadline = loop.time() + route.reply.timeout - elapsed
         hold.decider, hold.event_name = provider.verifier, accepted.events[index].name
         hold.future = loop.create_future()
