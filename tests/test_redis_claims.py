@@ -157,6 +157,10 @@ def test_password_from_an_env_reference_and_never_in_the_url(monkeypatch):
     with pytest.raises(ConfigError, match="must not carry a password") as error:
         parse_config("dedup:\n  store: redis://:hunter2@127.0.0.1:6379/0\n")
     assert "hunter2" not in str(error.value)
+    for query in ("password=hunter2", "db=0&ssl_password=hunter2"):  # redis-py takes query parameters as options
+        with pytest.raises(ConfigError, match="must not carry a password") as error:
+            parse_config(f"dedup:\n  store: redis://127.0.0.1:6379/0?{query}\n")
+        assert "hunter2" not in str(error.value)
     with pytest.raises(ConfigError, match=r"dedup\.password: environment variable NOT_SET_ANYWHERE is not set"):
         parse_config("dedup:\n  store: redis://127.0.0.1:6379/0\n  password: env:NOT_SET_ANYWHERE\n")
     with pytest.raises(ConfigError, match="expected local, redis://"):

@@ -382,12 +382,14 @@ class DedupSettings(_Section):
     def _redis_url(cls, value: str) -> str:
         if value == "local":
             return value
-        from urllib.parse import urlsplit
+        from urllib.parse import parse_qsl, urlsplit
 
         url = urlsplit(value)
         if url.scheme not in ("redis", "rediss") or not url.hostname:
             raise ValueError("expected local, redis://host:port/db or rediss://host:port/db")
-        if url.password is not None:
+        # redis-py also reads any query parameter as a client option: ?password= and ?ssl_password=
+        # would put the secret inline, and in every log line and `check` output that names the store.
+        if url.password is not None or any("password" in name.lower() for name, _ in parse_qsl(url.query)):
             raise ValueError("the URL must not carry a password: put it in dedup.password as env:NAME or file:/path")
         if importlib.util.find_spec("redis") is None:
             raise ValueError("the redis package is not installed: pip install 'webhookbus[redis]'")

@@ -100,7 +100,7 @@ class RedisClaims:
             socket_timeout=deadline, socket_connect_timeout=deadline,
             retry=Retry(NoBackoff(), 1),  # once, at once: a connection Redis closed is replaced
             **tls)
-        self.where = settings.store.split("//", 1)[-1]
+        self.where = settings.store.split("//", 1)[-1].split("?", 1)[0]  # host:port/db for log lines, no options
         self._claim, self._settle, self._renew = _Script(_CLAIM), _Script(_SETTLE), _Script(_RENEW)
         self._tokens = map(f"{secrets.token_hex(8)}-%x".encode().__mod__, itertools.count())
         self._held: dict[bytes, Claim] = {}  # token -> claim, renewed until settled
