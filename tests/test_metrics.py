@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import subprocess
 import sys
 import time
@@ -149,6 +150,38 @@ def workers(tmp_path: Path, kafka_broker, topic_name) -> Iterator[tuple[int, int
         if process.poll() is None:
             process.terminate()
             process.wait(30)
+
+
+def test_a_multiproc_dir_in_the_environment_is_not_summed_across_restarts(tmp_path: Path, kafka_broker, topic_name):
+    """An image built for gunicorn may set PROMETHEUS_MULTIPROC_DIR: one worker, started twice on it,
+    must count each run's requests once and report only its own producer (a dead run's 0 kept
+    the admin /readyz at 503)."""
+    port, admin, topic = free_port(), free_port(), topic_name("metrics-env-dir")
+    config = {**settings(topic, admin), "server": {"host": "127.0.0.1", "port": port, "graceful_timeout": 2},
+              "kafka": {"bootstrap_servers": [kafka_broker.bootstrap]}, "spool": {"directory": str(tmp_path / "spool")}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    stale = tmp_path / "operator-multiproc-dir"
+    stale.mkdir()
+    for run in ("first", "second"):
+        with (tmp_path / f"{run}.log").open("wb") as stderr:
+            process = subprocess.Popen([sys.executable, "-m", "webhookbus.cli", "serve", "--config",
+                                        str(tmp_path / "config.yaml")], stderr=stderr,
+                                       env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(stale)})
+        try:
+            wait_for_port(admin, timeout=20, process=process)
+            deadline = time.monotonic() + 20
+            while get(admin, "/readyz")[0] != 200:
+                assert time.monotonic() < deadline, (run, get(admin, "/readyz"))
+                time.sleep(0.2)
+            for index in range(3):
+                assert post(port, PATH, *signed(f"{run}-{index}")).status == 200
+            samples = scrape(admin)
+            assert value(samples, "webhookbus_requests_total", provider="demo", status="200") == 3, run
+            assert [v for (name, _), v in samples.items() if name == "webhookbus_producer_connected"] == [1.0], run
+        finally:
+            process.terminate()
+            assert process.wait(30) == 0
+    assert list(stale.iterdir()) == [], "nothing written to a directory webhookbus did not make"
 
 
 def test_one_scrape_sees_every_worker(workers):

@@ -37,6 +37,17 @@ MAX_REASONS = 200  # (provider, error code) pairs; beyond, refusals count as rea
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+# prometheus-client picked its value store from the environment when it was imported.  A
+# PROMETHEUS_MULTIPROC_DIR the environment already carries (images built for gunicorn set one)
+# is not this run's: its files outlive the processes that wrote them, so after a restart a
+# scrape summed the previous run's counts with this one's and kept the dead process's
+# webhookbus_producer_connected 0 (the admin /readyz never ready again).  Each process counts
+# for itself until share_between_processes names this run's own directory; forked workers
+# inherit that, and nothing imports this module afresh after it.
+os.environ.pop(ENV, None)
+values.ValueClass = values.get_value_class()
+
+
 def shared_run_directory() -> str:
     """A fresh directory for this run's multiprocess files, in memory (``/dev/shm``) where there is
     one: every counted event writes a memory-mapped page, which on a disk-backed filesystem the
