@@ -324,3 +324,33 @@ def test_make_run_answers_sign_ups_with_the_example_policy(tmp_path: Path):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def test_a_process_whose_reply_partition_is_missing_is_not_ready_and_answers_with_the_fallback(
+        webhookbus_listener, kafka_broker, topic_name, read_events, caplog):
+    """server.instance 1 of workers 1 reads partition 1: a one-partition reply topic lacks it."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    caplog.set_level(logging.INFO)
+    topic, reply_topic = topic_name("hooks"), topic_name("replies")
+    admin = KafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap)
+    admin.create_topics([NewTopic(reply_topic, num_partitions=1, replication_factor=-1)])
+    admin.close()
+    settings = config(topic, reply_topic) | {"server": {"instance": 1}}
+    running = webhookbus_listener(settings)
+    deadline = time.monotonic() + 20
+    while not [r for r in caplog.records if r.getMessage().startswith("reply topic lacks")]:
+        assert time.monotonic() < deadline, "no error about the missing partition"
+        time.sleep(0.05)
+    [missing] = [r for r in caplog.records if r.getMessage().startswith("reply topic lacks")][:1]
+    assert (missing.topic, missing.partition, missing.partitions) == (reply_topic, 1, 1)
+    while (probe := running.post("/readyz", method="GET")).json().get("detail", "").startswith("producer"):
+        assert time.monotonic() < deadline, "the producer never connected"
+        time.sleep(0.05)
+    assert probe.status == 503 and probe.json()["detail"] == "the reply consumer is not assigned yet"
+    reply = running.post(PATH, *authgear_request())
+    assert reply.status == 200 and reply.json() == STATIC
+    [line] = decision_lines(caplog)
+    assert line.fallback_reason == "the reply consumer is not assigned yet"
+    [event] = read_events(topic, 1)
+    assert event.get_extension("correlationid") is None, "nobody is asked a question nobody waits the answer of"
