@@ -11,11 +11,12 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import yaml
 
 from webhookbus.metrics import config_version
 from webhookbus.testing import free_port, post
 
-from test_metrics import PATH, settings, signed, workers  # noqa: F401 - workers is a fixture
+from test_metrics import PATH, SECRET, settings, signed, workers  # noqa: F401 - workers is a fixture
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -121,3 +122,30 @@ def test_with_two_workers_the_page_sums_both(workers):
     assert len(producers) == 2 and all(row["process"].startswith("worker pid ") for row in producers)
     assert all(row["producer"] == "connected" for row in producers)
     assert {row["served by"] for row in found["served by"]} == {row["process"] for row in producers}
+
+
+def test_after_a_reload_the_parent_page_shows_what_the_workers_serve(tmp_path, kafka_broker, topic_name):
+    """The parent never reloads its own config: the providers and versions come from the workers."""
+    from test_reload import reload, rewrite, start
+
+    server = start(tmp_path, kafka_broker, [f"literal:{SECRET}"], topic_name("status-reload"), workers=2)
+    admin = yaml.safe_load(server.config_path.read_text())["admin"]["port"]
+
+    def page() -> dict[str, list[dict[str, str]]]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/", timeout=10) as response:
+            return tables(response.read().decode())
+
+    try:
+        before = page()
+        assert [row["provider"] for row in before["provider"]] == ["demo"]
+        [old_version] = {row["version"] for row in before["served by"]}
+        rewrite(server, lambda settings: settings["providers"].update(
+            {"second": {"verifier": "hmac", "path": "/webhooks/second", "secrets": [f"literal:{SECRET}"]}}))
+        assert reload(server).returncode == 0
+        after = page()
+        assert [(row["provider"], row["path"]) for row in after["provider"]] == [
+            ("demo", PATH), ("second", "/webhooks/second")]
+        versions = {row["version"] for row in after["served by"]}
+        assert len(after["served by"]) == 2 and len(versions) == 1 and versions != {old_version}
+    finally:
+        server.terminate()
