@@ -266,9 +266,10 @@ def scrape_registry(config: Config, metrics: Metrics | None = None) -> Collector
     return registry
 
 
-def samples(registry: CollectorRegistry, name: str) -> Iterable[tuple[dict[str, str], float]]:
-    """Label sets and values of one metric's samples (``name`` as exposed, e.g. ``..._total``)."""
-    for family in registry.collect():
+def samples(source: CollectorRegistry | Sequence[Metric], name: str) -> Iterable[tuple[dict[str, str], float]]:
+    """Label sets and values of one metric's samples (``name`` as exposed, e.g. ``..._total``), from a
+    registry or from families it already collected (a collection reads every worker's files)."""
+    for family in source.collect() if isinstance(source, CollectorRegistry) else source:
         for sample in family.samples:
             if sample.name == name:
                 yield sample.labels, sample.value

@@ -71,8 +71,9 @@ def _process(labels: dict[str, str]) -> str:
 
 def render(config: Config, registry: CollectorRegistry, activity: Snapshot, now: float | None = None) -> bytes:
     now = time.time() if now is None else now
+    collected = list(registry.collect())  # once: it reads every worker's files and the spool's slots
     counts: dict[str, dict[str, float]] = defaultdict(dict)
-    for labels, value in samples(registry, "webhookbus_requests_total"):
+    for labels, value in samples(collected, "webhookbus_requests_total"):
         counts[labels["provider"]][labels["status"]] = value
     providers = []
     for name, provider in activity.providers.items():
@@ -87,15 +88,15 @@ def render(config: Config, registry: CollectorRegistry, activity: Snapshot, now:
                  f"<code>{escape(str(r.get('client') or 'unknown'))}</code>"] for r in activity.refusals]
     slots: dict[str, dict[str, float]] = defaultdict(dict)
     for name in ("webhookbus_spool_records", "webhookbus_spool_bytes", "webhookbus_spool_oldest_age_seconds"):
-        for labels, value in samples(registry, name):
+        for labels, value in samples(collected, name):
             slots[labels["slot"]][name] = value
     spool = [[escape(slot), f"\0{int(v.get('webhookbus_spool_records', 0))}", f"\0{int(v.get('webhookbus_spool_bytes', 0))}",
               escape(_age(v["webhookbus_spool_oldest_age_seconds"]) if v.get("webhookbus_spool_records") else "empty")]
              for slot, v in sorted(slots.items(), key=lambda item: int(item[0]) if item[0].isdigit() else 0)]
     producers = [[_process(labels), '<span class="ok">connected</span>' if value >= 1 else
-                  '<span class="bad">not connected</span>'] for labels, value in samples(registry, "webhookbus_producer_connected")]
+                  '<span class="bad">not connected</span>'] for labels, value in samples(collected, "webhookbus_producer_connected")]
     loaded = [[_process(labels), f"<code>{escape(labels['version'])}</code>", escape(_when(value, now))]
-              for labels, value in samples(registry, "webhookbus_config_loaded_timestamp_seconds") if value > 0]
+              for labels, value in samples(collected, "webhookbus_config_loaded_timestamp_seconds") if value > 0]
     workers = config.settings.server.workers
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
