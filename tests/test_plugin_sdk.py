@@ -18,7 +18,7 @@ import pytest
 
 from webhookbus.config import ConfigError, parse_config
 from webhookbus.http.app import WebhookBus
-from webhookbus.plugin import InboundRequest, Reply, Response, VerificationFailed, parse_form
+from webhookbus.plugin import InboundRequest, Reply, Response, VerificationFailed, VerifierOptions, parse_form
 from webhookbus.signing import decode_digest, matched_secret_index, require_match, require_token
 
 CONFIG = """
@@ -81,6 +81,37 @@ def test_the_methods_a_plugin_declares_reach_it_and_the_rest_get_405_with_allow(
 def test_a_plugin_that_declares_nothing_gets_posts_only():
     status, headers, _ = call(app_with(parse_config(CONFIG).providers["demo"].verifier), "GET")
     assert (status, headers["allow"]) == (405, "POST")
+
+
+class StringMethods:
+    """``methods = "POST"``: a plain mistake, which iterated as the letters P, O, S, T."""
+
+    Options = VerifierOptions
+    methods = "POST"
+
+    def __init__(self, options: VerifierOptions, secrets: tuple[bytes, ...]) -> None:
+        pass
+
+    def verify(self, request: InboundRequest) -> Reply:
+        return Reply(Response.text("reached"))
+
+
+class NotMethods(StringMethods):
+    methods = {"POST", "post /hooks"}
+
+
+@pytest.mark.parametrize("plugin", [StringMethods, NotMethods])
+def test_a_plugin_whose_methods_are_not_http_method_names_is_refused_when_the_config_loads(monkeypatch, plugin):
+    """Before, the config loaded and every POST was answered 405 ("this path accepts O, P, S, T")."""
+    from importlib.metadata import EntryPoint
+
+    import webhookbus.config
+
+    entry = EntryPoint("odd-methods", f"{__name__}:{plugin.__name__}", "webhookbus.verifiers")
+    monkeypatch.setattr(webhookbus.config, "installed_verifiers", lambda: {"odd-methods": entry})
+    with pytest.raises(ConfigError, match=r"providers\.demo\.verifier: plugin 'odd-methods': methods must be") as error:
+        parse_config("providers:\n  demo: {verifier: odd-methods, path: /hooks/demo, secrets: ['literal:x']}\n")
+    assert "a bug in the plugin" in str(error.value)
 
 
 # -- 2. replies ----------------------------------------------------------------------------------

@@ -29,7 +29,8 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 
 from webhookbus.events import CloudEvent
 from webhookbus.pii import PiiRules
-from webhookbus.plugin import Decides, Verifier, VerifierOptions, installed_verifiers, verifier_name_clashes
+from webhookbus.plugin import (Decides, Verifier, VerifierOptions, accepted_methods, installed_verifiers,
+                               verifier_name_clashes)
 
 Loc = tuple[str | int, ...]
 
@@ -673,6 +674,11 @@ def _load_providers(settings: Settings, errors: _Errors) -> tuple[dict[str, Prov
             continue
         except Exception as exc:  # noqa: BLE001 - a bug in the plugin; its message may quote a secret: only the type
             errors.add(loc, f"verifier {provider.verifier!r} cannot start: {type(exc).__name__} (a bug in the plugin)")
+            continue
+        try:
+            accepted_methods(verifier)
+        except ValueError as exc:
+            errors.add(loc + ("verifier",), f"plugin {provider.verifier!r}: {exc} (a bug in the plugin)")
             continue
         providers[name] = Provider(name, provider, verifier, options)
     return providers, warnings

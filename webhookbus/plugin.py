@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.metadata import EntryPoint, entry_points
@@ -227,9 +227,23 @@ class Verifier(Protocol):
     def verify(self, request: InboundRequest) -> Accepted | Reply | Awaitable[Accepted | Reply]: ...
 
 
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 def accepted_methods(verifier: object) -> frozenset[str]:
-    """The HTTP methods a verifier declares in ``methods`` (default: POST only)."""
-    return frozenset(method.upper() for method in getattr(verifier, "methods", ("POST",)))
+    """The HTTP methods a verifier declares in ``methods`` (default: POST only).
+
+    ValueError for anything but a collection of HTTP method names, so the config loader
+    refuses the plugin with its name instead of serving it wrong: ``methods = "POST"`` (a
+    string) was the letters P, O, S, T, and every POST was answered 405."""
+    declared = getattr(verifier, "methods", ("POST",))
+    if isinstance(declared, (str, bytes)) or not isinstance(declared, Iterable):
+        raise ValueError(f"methods must be a set of HTTP method names such as {{'POST'}}, not {declared!r:.40}")
+    methods = frozenset(method.upper() if isinstance(method, str) else method for method in declared)
+    if not methods or not methods <= HTTP_METHODS:
+        raise ValueError(f"methods must be HTTP method names ({', '.join(sorted(HTTP_METHODS))}), "
+                         f"not {sorted(map(str, methods))!r:.80}")
+    return methods
 
 
 @runtime_checkable

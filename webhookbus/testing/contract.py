@@ -64,7 +64,6 @@ MAX_DETAIL = 300
 """A detail is a short reason; anything longer is probably echoing the request back."""
 
 _EXTENSION_NAME = re.compile(r"[a-z0-9]{1,20}")
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 Part = Literal["body", "headers", "url", "payload"]
 """What a scheme authenticates: the body's bytes, its headers (a signature or a token), the URL
@@ -166,8 +165,7 @@ class VerifierContract:
             options.model_validate({"no_such_option_anywhere": 1})
 
     def test_declares_the_methods_it_answers(self, contract_case: ContractCase) -> None:
-        methods = accepted_methods(contract_case.verifier)
-        assert methods and methods <= _METHODS, f"methods must be HTTP method names, not {sorted(methods)}"
+        methods = accepted_methods(contract_case.verifier)  # ValueError: not HTTP method names
         assert contract_case.sign().method in methods, "sign() uses a method the verifier does not declare"
         if contract_case.handshake is not None:
             assert contract_case.handshake().method in methods, "handshake() uses an undeclared method"
