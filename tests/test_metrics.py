@@ -230,3 +230,24 @@ def test_error_codes_beyond_the_bound_count_as_other():
     metrics.verification_failed("demo", "code-0")
     counted = {labels["reason"]: v for labels, v in samples(metrics.registry, "webhookbus_verification_failures_total")}
     assert len(counted) == MAX_REASONS + 1 and counted["other"] == 5 and counted["code-0"] == 2
+
+
+def test_a_killed_runs_metrics_directory_is_removed_by_the_next_run():
+    import os
+    from pathlib import Path
+
+    from webhookbus.metrics import remove_directory, shared_run_directory
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # its pid is now a dead process's
+    first = Path(shared_run_directory())
+    remove_directory(first)
+    dead = first.with_name(f"webhookbus-metrics-{child.pid}-left")
+    dead.mkdir()
+    (dead / "counter_1.db").write_bytes(b"\0" * 16)
+    ours = Path(shared_run_directory())
+    try:
+        assert not dead.exists(), "the killed run's directory is gone"
+        assert ours.name.startswith(f"webhookbus-metrics-{os.getpid()}-") and ours.is_dir()
+    finally:
+        remove_directory(ours)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -53,8 +54,22 @@ def shared_run_directory() -> str:
     one: every counted event writes a memory-mapped page, which on a disk-backed filesystem the
     kernel keeps writing back (and faulting in again) for nothing."""
     memory = "/dev/shm"
-    where = memory if os.path.isdir(memory) and os.access(memory, os.W_OK) else None
-    return tempfile.mkdtemp(prefix="webhookbus-metrics-", dir=where)
+    where = memory if os.path.isdir(memory) and os.access(memory, os.W_OK) else tempfile.gettempdir()
+    for left in Path(where).glob("webhookbus-metrics-*-*"):  # a run killed with SIGKILL cannot remove its own
+        pid = left.name.split("-")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(left, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"webhookbus-metrics-{os.getpid()}-", dir=where)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def share_between_processes(directory: str | os.PathLike[str]) -> None:
