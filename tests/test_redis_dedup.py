@@ -225,3 +225,32 @@ def test_killing_redis_under_load_keeps_each_providers_policy_and_loses_nothing_
         stop.set()
         for server in servers:
             server.stop()
+
+
+def test_a_copy_given_up_at_the_deadline_stays_claimed_across_instances(tmp_path, own_broker, redis_server, topic_name):
+    """on_broker_timeout: reject answers 503 while the messages may still land: the id stays
+    claimed (in Redis) until they are answered for, so the retry at the other instance is
+    answered 503 again instead of publishing a second copy; in the end the event is on Kafka once."""
+    topic = topic_name("late")
+    config = settings(topic, redis_server.url, on_broker_timeout="reject", publish_timeout=1.0)
+    a, b = (ServerProcess(config, own_broker.bootstrap, tmp_path / name).start() for name in "ab")
+    try:
+        provider, data, event_id = uip(f"late-{uuid.uuid4().hex[:8]}")
+        assert send(a, provider, data) == 200  # the producers are connected
+        own_broker.stop()
+        provider, data, event_id = uip(f"late-{uuid.uuid4().hex[:8]}")
+        assert send(a, provider, data) == 503
+        request = sign(provider, data)
+        retry = post(b.port, request.path, request.body, request.headers)
+        assert retry.status == 503 and retry.json()["error"] == "broker_unavailable", \
+            "the other instance waits for the first copy's outcome, then refuses: it does not publish"
+        assert "earlier copy" in retry.json()["detail"]
+        own_broker.start()  # memory storage: the topic starts empty
+        deadline = time.monotonic() + 60
+        while (status := send((a, b)[int(time.monotonic()) % 2], provider, data)) != 200:
+            assert time.monotonic() < deadline, status
+            time.sleep(0.5)
+        assert published(own_broker.bootstrap, topic, 1)[event_id] == 1
+    finally:
+        a.stop()
+        b.stop()
