@@ -24,7 +24,7 @@ from signed import SECRET, signed_requests  # noqa: E402
 from webhookbus.config import KafkaSettings, RouteSettings  # noqa: E402
 from webhookbus.events import normalize  # noqa: E402
 from webhookbus.plugin import InboundRequest  # noqa: E402
-from webhookbus.delivery.publish import producer_options  # noqa: E402
+from webhookbus.delivery.options import kafka_python_options  # noqa: E402
 from webhookbus.routing import KafkaMessage, message_for  # noqa: E402
 from webhookbus.verifiers.uip import UipOptions, UipVerifier  # noqa: E402
 
@@ -44,7 +44,7 @@ def messages(topic: str, count: int = 1000) -> list[KafkaMessage]:
 
 def main(bootstrap: str, topic: str, seconds: float, in_flight: int) -> None:
     batch = messages(topic)
-    producer = KafkaProducer(**producer_options(KafkaSettings(bootstrap_servers=[bootstrap])))
+    producer = KafkaProducer(**kafka_python_options(KafkaSettings(bootstrap_servers=[bootstrap])))
     slots = threading.BoundedSemaphore(in_flight) if in_flight else None
     counts = {"acked": 0, "failed": 0}
 

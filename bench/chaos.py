@@ -78,14 +78,14 @@ AUDIT_TOPIC = "chaos.audit"
 TOPICS = [topic for _, topic in PROVIDERS.values()] + [AUDIT_TOPIC]
 
 
-def webhookbus_config() -> dict:
+def webhookbus_config(kafka_client: str = "auto") -> dict:
     options = {"prefix": "sha256=", "event_field": "type", "id_field": "id"}
     providers = {name: {"verifier": "hmac", "path": path, "secrets": [f"literal:{SECRET}"], "options": options}
                  for name, (path, _) in PROVIDERS.items()}
     providers["chaos-spool"]["ack"] = "spool"
     return {
         "server": {"max_body_bytes": MAX_BODY, "graceful_timeout": 5},
-        "kafka": {"publish_timeout": 1.0},
+        "kafka": {"publish_timeout": 1.0, "client": kafka_client},
         "providers": providers,
         "routes": [{"provider": name, "topic": topic} for name, (_, topic) in PROVIDERS.items()],
         "audit": {"topic": AUDIT_TOPIC, "max_per_second": 50, "burst": 50},
@@ -288,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--cycles", type=int, default=1, help="broker restart + SIGKILL of webhookbus, this many times")
     parser.add_argument("--outage", type=float, default=2.0, help="seconds the broker stays down each cycle")
+    parser.add_argument("--kafka-client", default="auto", choices=["auto", "kafka-python", "confluent"],
+                        help="kafka.client of the webhookbus under test")
     args = parser.parse_args(argv)
 
     def note(message: str) -> None:
@@ -299,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     broker = Broker().start()
     workdir = Path(tempfile.mkdtemp(prefix="webhookbus-chaos-"))
-    server = ServerProcess(webhookbus_config(), broker.bootstrap, workdir)
+    server = ServerProcess(webhookbus_config(args.kafka_client), broker.bootstrap, workdir)
     incarnation = 0
     collector = Collector(broker.bootstrap, seen, incarnation)
     collector.start()

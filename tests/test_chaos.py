@@ -15,8 +15,9 @@ LINE = re.compile(r"^accepted=(\d+) delivered=(\d+) lost=(\d+) duplicates_publis
                   r"crash_redeliveries=(\d+) rejected_bad=(\d+) errors_5xx_unexpected=(\d+)$")
 
 
-def test_nothing_accepted_is_lost_and_no_retry_is_published_twice_through_chaos():
-    run = subprocess.run([sys.executable, str(CHAOS), "--events", "1500", "--clients", "6", "--cycles", "1"],
+def test_nothing_accepted_is_lost_and_no_retry_is_published_twice_through_chaos(kafka_client):
+    run = subprocess.run([sys.executable, str(CHAOS), "--events", "1500", "--clients", "6", "--cycles", "1",
+                          "--kafka-client", kafka_client],
                          capture_output=True, text=True, timeout=600)
     [line] = run.stdout.splitlines()
     match = LINE.match(line)

@@ -43,7 +43,7 @@ EVENT = {"type": "user.created", "id": "evt_1", "user": {"id": "u_42", "plan": "
 
 
 @pytest.mark.parametrize("mode", ["structured", "binary"])
-def test_signed_webhook_reaches_kafka_as_a_cloudevent(webhookbus_listener, kafka_broker, topic_name, mode):
+def test_signed_webhook_reaches_kafka_as_a_cloudevent(webhookbus_listener, kafka_broker, topic_name, mode, kafka_client):
     topic = topic_name("demo")
     listener = webhookbus_listener(demo_config([{"provider": "demo", "type": "demo.*", "topic": topic, "mode": mode}]))
     body, headers = signed(EVENT)
@@ -186,7 +186,7 @@ def test_body_trickling_past_request_timeout_gets_408(webhookbus_listener, kafka
     assert read_topic(kafka_broker.bootstrap, topic, 1, timeout=1) == []
 
 
-def test_health_and_readiness(webhookbus_listener):
+def test_health_and_readiness(webhookbus_listener, kafka_client):
     listener = webhookbus_listener(demo_config([{"topic": "unused"}]))
     assert listener.post("/healthz", method="GET").json() == {"status": "ok"}
     deadline = time.monotonic() + 10
@@ -195,7 +195,7 @@ def test_health_and_readiness(webhookbus_listener):
     assert reply.json() == {"status": "ready"}
 
 
-def test_broker_outage_gives_503_then_recovers(webhookbus_listener, own_broker, topic_name):
+def test_broker_outage_gives_503_then_recovers(webhookbus_listener, own_broker, topic_name, kafka_client):
     """With ``on_broker_timeout: reject`` (the default spools instead: tests/test_reliability.py)."""
     topic = topic_name()
     config = demo_config([{"topic": topic}], publish_timeout=1.0)
@@ -261,8 +261,8 @@ def test_rotation_any_secret_verifies_and_the_log_names_its_index_not_its_value(
 
 
 def test_an_event_kafka_would_refuse_for_its_size_is_a_413_not_a_2xx_spooled_for_ever(webhookbus_listener, kafka_broker,
-                                                                                       topic_name):
-    """kafka-python refuses a record above max_request_size on every attempt."""
+                                                                                       topic_name, kafka_client):
+    """Either client refuses a record above max_request_size on every attempt."""
     topic = topic_name()
     listener = webhookbus_listener(demo_config([{"topic": topic}], producer={"max_request_size": 20_000}))
     small = {**EVENT, "id": "evt_small", "pad": "x" * 5_000}

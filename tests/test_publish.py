@@ -19,7 +19,8 @@ from kafka.future import Future
 from webhookbus.delivery import producer
 from webhookbus.config import KafkaSettings
 from webhookbus.delivery.producer import EXIT_CLOSED, EXIT_LISTENER_GONE, EXIT_PRODUCER_FAILED, ProducerThread
-from webhookbus.delivery.publish import PublishFailed, Publisher
+from webhookbus.delivery.process_publisher import ProcessPublisher
+from webhookbus.delivery.publish import PublishFailed
 from webhookbus.delivery.records import SEND, SETTINGS, Batch, KafkaMessage, pipe_frame, send_body
 from webhookbus.testing.broker import read_topic
 
@@ -150,7 +151,7 @@ def settings(bootstrap: str, publish_timeout: float = 2.5) -> KafkaSettings:
     return KafkaSettings(bootstrap_servers=[bootstrap], publish_timeout=publish_timeout)
 
 
-async def started(publisher: Publisher, timeout: float = 20.0) -> None:
+async def started(publisher: ProcessPublisher, timeout: float = 20.0) -> None:
     publisher.start()
     deadline = time.monotonic() + timeout
     while not publisher.ready()[0]:
@@ -158,32 +159,11 @@ async def started(publisher: Publisher, timeout: float = 20.0) -> None:
         await asyncio.sleep(0.05)
 
 
-def test_records_reach_kafka_through_the_producer_process_and_threads_may_submit(kafka_broker, topic_name):
-    topic = topic_name("pub")
-
-    async def main() -> None:
-        publisher = Publisher(settings(kafka_broker.bootstrap))
-        await started(publisher)
-        await publisher.publish(message(1, topic) + message(2, topic), 10)
-        answered = asyncio.get_running_loop().create_future()
-        loop = asyncio.get_running_loop()
-        await asyncio.to_thread(publisher.submit, message(3, topic),
-                                lambda batch: loop.call_soon_threadsafe(answered.set_result, batch.failed))
-        assert await asyncio.wait_for(answered, 10) == []
-        await publisher.close(5)
-        assert publisher.processes_started == 1
-
-    asyncio.run(main())
-    records = read_topic(kafka_broker.bootstrap, topic, 3, timeout=10)
-    assert sorted(record.value for record in records) == [b"m1", b"m2", b"m3"]
-    assert all(record.headers == [("h", b"v")] for record in records), "headers travel through the pipe"
-
-
 def test_a_dead_producer_process_fails_what_it_held_and_is_replaced(own_broker, topic_name):
     topic = topic_name("dead")
 
     async def main() -> None:
-        publisher = Publisher(settings(own_broker.bootstrap, publish_timeout=30))
+        publisher = ProcessPublisher(settings(own_broker.bootstrap, publish_timeout=30))
         await started(publisher)
         await publisher.publish(message(0, topic), 10)
         own_broker.stop()  # what is published now stays in kafka-python's hands
@@ -205,7 +185,7 @@ def test_a_dead_producer_process_fails_what_it_held_and_is_replaced(own_broker, 
 
 def test_the_producer_process_exits_at_once_when_the_listener_vanishes(own_broker, topic_name):
     async def main() -> None:
-        publisher = Publisher(settings(own_broker.bootstrap, publish_timeout=30))
+        publisher = ProcessPublisher(settings(own_broker.bootstrap, publish_timeout=30))
         await started(publisher)
         own_broker.stop()
         publisher.submit(message(1, topic_name("gone")))
@@ -262,13 +242,13 @@ def test_a_producer_thread_that_dies_takes_its_process_down_so_the_listener_repl
 
 def test_close_right_after_start_and_a_failed_restart_are_both_handled(kafka_broker, monkeypatch):
     async def main() -> None:
-        publisher = Publisher(settings(kafka_broker.bootstrap))
+        publisher = ProcessPublisher(settings(kafka_broker.bootstrap))
         publisher.start()
         process = publisher._process  # noqa: SLF001
         await publisher.close(5)  # before the pipe is even connected: CLOSE still reaches it
         assert process.returncode == EXIT_CLOSED
 
-        publisher = Publisher(settings(kafka_broker.bootstrap))
+        publisher = ProcessPublisher(settings(kafka_broker.bootstrap))
         await started(publisher)
         real_popen, failures = subprocess.Popen, []
 

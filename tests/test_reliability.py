@@ -6,6 +6,7 @@ A full disk is made on demand (deterministically) by giving the spool and dedup 
 
 The broker stores in memory: stopping it loses what it held, so each test reads only
 what was accepted after the last broker restart (or counts on the spool to hold it).
+Every test runs on each Kafka client ``kafka.client: auto`` can choose (``kafka_client``).
 """
 
 from __future__ import annotations
@@ -23,12 +24,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from webhookbus.delivery import dedup, spool
 from webhookbus.delivery.spool import list_segments, spool_status
 from webhookbus.testing import post, read_topic, to_cloudevent
 from webhookbus.testing.process import ServerProcess
+from webhookbus.testing.pytest_plugin import with_client
 from webhookbus.testing.samples import sign_hmac
 from webhookbus.verifiers.hmac import HmacOptions
+
+pytestmark = pytest.mark.usefixtures("kafka_client")
 
 SECRET = "reliability-test-secret"
 PATH = "/webhooks/demo"
@@ -214,9 +220,11 @@ def test_rejected_requests_reach_the_audit_topic_rate_limited_and_without_secret
         assert body not in record.value and SECRET.encode() not in record.value
 
 
-def test_kill_9_then_restart_forwards_everything_the_spool_held(own_broker, topic_name, tmp_path, webhookbus_engine):
+def test_kill_9_then_restart_forwards_everything_the_spool_held(own_broker, topic_name, tmp_path, webhookbus_engine,
+                                                                kafka_client):
     topic = topic_name("kill9")
-    server = ServerProcess(config(topic, ack="spool"), own_broker.bootstrap, tmp_path, engine=webhookbus_engine).start()
+    server = ServerProcess(with_client(config(topic, ack="spool"), kafka_client), own_broker.bootstrap, tmp_path,
+                           engine=webhookbus_engine).start()
     try:
         own_broker.stop()
         accepted = [f"k-{n}" for n in range(30)]
@@ -233,13 +241,15 @@ def test_kill_9_then_restart_forwards_everything_the_spool_held(own_broker, topi
         server.stop()
 
 
-def test_no_accepted_request_is_lost_across_a_sigterm_during_load(own_broker, topic_name, tmp_path, webhookbus_engine):
+def test_no_accepted_request_is_lost_across_a_sigterm_during_load(own_broker, topic_name, tmp_path, webhookbus_engine,
+                                                                  kafka_client):
     """Clients keep sending while SIGTERM arrives; every 2xx must end up on Kafka."""
     broker_topic, spool_topic = topic_name("term-broker"), topic_name("term-spool")
     settings = config(broker_topic)
     settings["providers"]["spooled"] = {**settings["providers"]["demo"], "path": "/webhooks/spooled", "ack": "spool"}
     settings["routes"] = [{"provider": "demo", "topic": broker_topic}, {"provider": "spooled", "topic": spool_topic}]
-    server = ServerProcess(settings, own_broker.bootstrap, tmp_path, engine=webhookbus_engine).start()
+    server = ServerProcess(with_client(settings, kafka_client), own_broker.bootstrap, tmp_path,
+                           engine=webhookbus_engine).start()
     accepted: list[tuple[str, str]] = []
     stop = threading.Event()
 

@@ -27,6 +27,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
+from webhookbus.delivery.options import CONFLUENT, kafka_client, untranslatable
 from webhookbus.events import CloudEvent
 from webhookbus.pii import PiiRules
 from webhookbus.plugin import (Decides, Verifier, VerifierOptions, accepted_methods, installed_verifiers,
@@ -231,8 +232,24 @@ class KafkaSettings(_Section):
     )
     producer: dict[str, Any] = Field(default_factory=dict, description="Extra kafka-python KafkaProducer options.")
     max_in_flight_records: int = Field(
-        10_000, gt=0, description="Records handed to kafka-python and not yet acked; beyond it requests wait (then spool/503)."
+        10_000, gt=0, description="Records handed to the Kafka client and not yet acked; beyond it requests wait (then spool/503)."
     )
+    client: Literal["auto", "kafka-python", "confluent"] = Field(
+        "auto", description="auto: confluent-kafka (in-process, librdkafka) when installed, else kafka-python (a producer process)."
+    )
+
+    @property
+    def client_in_use(self) -> str:
+        return kafka_client(self.client)
+
+    @model_validator(mode="after")
+    def _client_takes_the_options(self) -> KafkaSettings:
+        if self.client == "confluent" and importlib.util.find_spec("confluent_kafka") is None:
+            raise ValueError("client confluent: confluent-kafka is not installed: pip install 'webhookbus[fast]', or use client: auto")
+        if self.client_in_use == CONFLUENT and (refused := untranslatable(self.producer)):
+            raise ValueError(f"kafka.producer options the {self.client!r} client (confluent-kafka) cannot honour: "
+                             f"{'; '.join(refused)}; remove them or set kafka.client: kafka-python")
+        return self
 
     @field_validator("bootstrap_servers", mode="before")
     @classmethod

@@ -31,7 +31,7 @@ from webhookbus.delivery.dedup import dedup_key
 from webhookbus.events import CloudEvent
 from webhookbus.metrics import Metrics
 from webhookbus.delivery.forward import Forwarder
-from webhookbus.delivery.publish import PublishFailed, Publisher
+from webhookbus.delivery.publish import PublishFailed, Publisher, open_publisher
 from webhookbus.delivery.records import Batch, size_bound
 from webhookbus.routing import KafkaMessage, messages_for
 from webhookbus.delivery.spool import Spool, SpoolError, SpoolFull, slots_with_records
@@ -69,7 +69,7 @@ class Delivery:
     def __init__(self, config: Config, publisher: Publisher | None = None, metrics: Metrics | None = None) -> None:
         self.config = config
         self.settings = config.settings
-        self.publisher = publisher or Publisher(config.settings.kafka, metrics)
+        self.publisher = publisher or open_publisher(config.settings.kafka, metrics)
         self.metrics = self.publisher.metrics if metrics is None else metrics
         self.spool: Spool | None = None
         self.claims: Claims | None = None

@@ -11,6 +11,10 @@
   one for a test that may kill, pause or restart it (a :class:`RedisServer`).
 - ``webhookbus_engine``: the ``server.engine`` listeners get (``auto``); override it in a
   conftest.py, parametrized with :func:`engines`, to run the same tests on every engine.
+- ``kafka_client``: parametrizes a test over every Kafka client ``kafka.client: auto`` can
+  choose here (kafka-python, and confluent when installed); a test that asks for it (or
+  ``pytest.mark.usefixtures("kafka_client")``) gets listeners on that client, unless its
+  config names one.
 - ``topic_name``: a fresh topic name per call, so tests never read each other's records.
 - ``read_events``: ``read_events(topic, count, timeout=10.0)`` waits for ``count`` messages on a
   topic of the session broker and returns them decoded as CloudEvents (fewer after ``timeout``).
@@ -18,6 +22,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -89,13 +94,30 @@ def webhookbus_engine() -> str:
     return "auto"
 
 
+KAFKA_CLIENTS = ["kafka-python"] + (["confluent"] if importlib.util.find_spec("confluent_kafka") else [])
+
+
+@pytest.fixture(params=KAFKA_CLIENTS)
+def kafka_client(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def with_client(settings: dict[str, Any], client: str | None) -> dict[str, Any]:
+    """``settings`` with ``kafka.client`` set to ``client``, unless they name one already."""
+    if client is None:
+        return settings
+    return {**settings, "kafka": {"client": client, **settings.get("kafka", {})}}
+
+
 @pytest.fixture
-def webhookbus_listener(kafka_broker: Broker | ExternalBroker, webhookbus_engine: str) -> Iterator[Callable[..., Listener]]:
+def webhookbus_listener(kafka_broker: Broker | ExternalBroker, webhookbus_engine: str,
+                        request: pytest.FixtureRequest) -> Iterator[Callable[..., Listener]]:
     started: list[Listener] = []
+    client = request.getfixturevalue("kafka_client") if "kafka_client" in request.fixturenames else None
 
     def start(settings: dict[str, Any], bootstrap: str | None = None, port: int | None = None) -> Listener:
-        listener = Listener(settings, bootstrap or kafka_broker.bootstrap, free_port() if port is None else port,
-                            engine=webhookbus_engine)
+        listener = Listener(with_client(settings, client), bootstrap or kafka_broker.bootstrap,
+                            free_port() if port is None else port, engine=webhookbus_engine)
         listener.__enter__()
         started.append(listener)
         return listener
