@@ -37,11 +37,14 @@ import yaml  # noqa: E402
 from measure import WrkRun, cpu_seconds, delivered_events, peak_rss_mb, process_tree, wrk  # noqa: E402
 from signed import SECRET, SECRET_ENV, signed_requests, write_wrk_file  # noqa: E402
 from webhookbus.config import parse_config  # noqa: E402
+from webhookbus.delivery.options import kafka_client  # noqa: E402
 from webhookbus.testing.broker import Broker, free_port, wait_for_port  # noqa: E402
 from webhookbus.testing.listener import post  # noqa: E402
 from webhookbus.testing.redis import RedisServer  # noqa: E402
 
 EXPRESS = BENCH / "baselines" / "express"
+MINIMAL = "minimal pipeline, same server and client"
+CLIENT = kafka_client("auto")  # what webhookbus's kafka.client: auto uses here
 MAX_FILE_BYTES = 256 * 1024 * 1024  # request file per contender; past its end wrk wraps around
 
 
@@ -104,12 +107,12 @@ class Run:
 
     def webhookbus(self, name: str, bootstrap: str, topic: str, port: int, *, workers: int = 1, providers: int = 1,
                    ack: str = "broker", loop: str = "auto", metrics: bool = False,
-                   redis: RedisServer | None = None) -> Server:
+                   redis: RedisServer | None = None, client: str = "auto") -> Server:
         paths = ["/webhooks/uip"] if providers == 1 else [f"/webhooks/uip-{i}" for i in range(providers)]
         names = [path.rsplit("/", 1)[1] for path in paths]
         settings: dict[str, Any] = {
             "server": {"host": "127.0.0.1", "port": port, "workers": workers, "loop": loop},
-            "kafka": {"bootstrap_servers": [bootstrap]},
+            "kafka": {"bootstrap_servers": [bootstrap], "client": client},
             "providers": {n: {"verifier": "uip", "path": p, "secrets": [f"env:{SECRET_ENV}"], "ack": ack}
                           for n, p in zip(names, paths)},
             "routes": [{"provider": n, "type": f"{n}.*", "topic": topic} for n in names],
@@ -226,11 +229,15 @@ class Run:
             results.append(self.broker_ceiling(in_flight))
             _print_row(results[-1])
 
-        http("webhookbus", "uip verifier; acks=all, idempotent; 2xx after the broker's ack",
+        http("webhookbus", f"uip verifier; acks=all, idempotent; 2xx after the broker's ack; kafka.client {CLIENT}",
              lambda bootstrap, topic, port: self.webhookbus("webhookbus, 1 worker, ack=broker", bootstrap, topic, port))
         http("webhookbus-redis", "dedup.store: redis:// (Debian's redis-server on loopback; its CPU and RSS counted)",
              lambda bootstrap, topic, port: self.webhookbus("webhookbus, 1 worker, ack=broker, redis", bootstrap, topic,
                                                             port, redis=self.fresh_redis()))
+        if CLIENT != "kafka-python":
+            http("webhookbus-kafka-python", "the fallback: kafka-python in a producer process",
+                 lambda bootstrap, topic, port: self.webhookbus("webhookbus, 1 worker, ack=broker, kafka-python",
+                                                                bootstrap, topic, port, client="kafka-python"))
         if self.args.spool:
             http("webhookbus-spool", "2xx after the local fsync; Kafka after",
                  lambda bootstrap, topic, port: self.webhookbus("webhookbus, 1 worker, ack=spool", bootstrap, topic,
@@ -252,6 +259,12 @@ class Run:
                  "Express + kafkajs", ["node", str(EXPRESS / "server.js")],
                  {"PORT": str(port), "TOPIC": topic, "KAFKA_BROKERS": bootstrap, SECRET_ENV: SECRET},
                  ["/webhook"], topic))
+        if CLIENT == "confluent":
+            http("minimal", "HMAC, CloudEvent record, confluent produce, await the ack; nothing else (baselines/)",
+                 lambda bootstrap, topic, port: Server(
+                     MINIMAL, [sys.executable, str(BENCH / "baselines" / "minimal_pipeline.py"), str(port), bootstrap,
+                               topic, "hypercorn"],
+                     {SECRET_ENV: SECRET}, ["/webhooks/uip"], topic))
         for loop in ("auto", "asyncio"):
             http("bare" if loop == "auto" else "bare-asyncio", "server ceiling: no verification, no Kafka",
                  lambda bootstrap, topic, port, loop=loop: Server(
@@ -319,17 +332,18 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-HEADER = (f"{'contender':<40} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'p99.9':>7} {'errors':>6} "
-          f"{'delivered/accepted':>19} {'RSS MB':>6} {'CPU s/1k':>8}")
+HEADER = (f"{'contender':<48} {'CPU us/req':>10} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'p99.9':>7} {'errors':>6} "
+          f"{'delivered/accepted':>19} {'RSS MB':>6}")
 
 
 def _row(result: Result) -> str:
     delivered = "-" if result.delivered is None else f"{result.delivered}/{result.accepted}"
     if result.lost:
         delivered += " LOST"
-    return (f"{result.name:<40} {result.rps:>7.0f} {_fmt(result.p50_ms, 2):>7} {_fmt(result.p99_ms, 2):>7} "
-            f"{_fmt(result.p999_ms, 2):>7} {result.errors:>6} {delivered:>19} {result.peak_rss_mb:>6.1f} "
-            f"{_fmt(result.cpu_per_1k, 3):>8}")
+    cpu_us = None if result.cpu_per_1k is None else result.cpu_per_1k * 1000
+    return (f"{result.name:<48} {_fmt(cpu_us, 0):>10} {result.rps:>7.0f} {_fmt(result.p50_ms, 2):>7} "
+            f"{_fmt(result.p99_ms, 2):>7} {_fmt(result.p999_ms, 2):>7} {result.errors:>6} {delivered:>19} "
+            f"{result.peak_rss_mb:>6.1f}")
 
 
 def _print_row(result: Result) -> None:
@@ -369,17 +383,24 @@ def ratios(results: list[Result]) -> dict[str, Any]:
     one = next((r for r in one_worker if r.name.endswith("ack=broker")), None)
     express = next((r for r in results if r.name.startswith("Express")), None)
     bare = next((r for r in results if r.name == "bare hypercorn, answers 200"), None)  # the same loop as `one`
+    minimal = next((r for r in results if r.name == MINIMAL), None)
     if one is None or not one.rps:
         return {"vs_webhookbus_1_worker": {}, "targets": {}}
     best = max(one_worker, key=lambda r: r.rps)
     targets: dict[str, Any] = {}
     if express is not None and express.rps:
-        targets["throughput vs Express+kafkajs (>= 1.5x)"] = _target(one.rps / express.rps, 1.5, "x")
+        targets["throughput vs Express+kafkajs (>= 2.0x)"] = _target(one.rps / express.rps, 2.0, "x")
+        if one.cpu_per_1k and express.cpu_per_1k:
+            targets["CPU per request vs Express+kafkajs (<= 0.5x)"] = _target(
+                one.cpu_per_1k / express.cpu_per_1k, 0.5, "x",
+                f"{one.cpu_per_1k * 1000:.0f} us vs {express.cpu_per_1k * 1000:.0f} us", below=True)
         if one.p99_ms is not None and express.p99_ms is not None:
             targets["p99 at the fixed rate vs Express+kafkajs (<= 1x)"] = _target(
                 one.p99_ms / express.p99_ms, 1.0, "x", f"{one.p99_ms:.2f} ms vs {express.p99_ms:.2f} ms", below=True)
     if bare is not None and bare.rps:
         targets["best 1-worker mode vs bare hypercorn (>= 0.75x)"] = _target(best.rps / bare.rps, 0.75, "x", best.name)
+    if minimal is not None and minimal.rps:
+        targets["throughput vs the minimal pipeline (>= 0.6x)"] = _target(one.rps / minimal.rps, 0.6, "x")
     targets["peak RSS of one worker (< 120 MB)"] = _target(one.peak_rss_mb, 120, " MB", below=True)
     summary: dict[str, Any] = {"vs_webhookbus_1_worker": {r.name: round(r.rps / one.rps, 3) for r in results},
                                "targets": targets}
@@ -446,9 +467,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--rate", type=float, help="fixed offered rate (default: half webhookbus's saturation)")
     parser.add_argument("--max-rps", type=float, default=6000, help="sizes the request files (distinct events)")
-    parser.add_argument("--only", help="comma-separated: webhookbus,webhookbus-metrics,webhookbus-redis,webhookbus-spool,"
-                                       "webhookbus-asyncio,webhookbus-workers,webhookbus-workers-metrics,express,"
-                                       "bare,bare-asyncio,ceiling")
+    parser.add_argument("--only", help="comma-separated: webhookbus,webhookbus-kafka-python,webhookbus-metrics,"
+                                       "webhookbus-redis,webhookbus-spool,webhookbus-asyncio,webhookbus-workers,"
+                                       "webhookbus-workers-metrics,express,minimal,bare,bare-asyncio,ceiling")
     parser.add_argument("--no-spool", dest="spool", action="store_false", help="skip the ack=spool contender")
     parser.add_argument("--no-scaling", action="store_true")
     parser.add_argument("--rounds", type=int, default=1,

@@ -31,6 +31,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from webhookbus.config import KafkaSettings
+from webhookbus.metrics import Metrics
 from webhookbus.delivery.options import librdkafka_config
 from webhookbus.delivery.publish import BatchPublisher
 from webhookbus.delivery.records import QUEUED, SENDING, Batch
@@ -44,8 +45,8 @@ PROBE_EVERY = 1.0  # seconds between metadata requests while no broker answered
 class ConfluentPublisher(BatchPublisher):
     """A :class:`~webhookbus.delivery.publish.Publisher` on one in-process librdkafka producer."""
 
-    def __init__(self, settings: KafkaSettings) -> None:
-        super().__init__(settings)
+    def __init__(self, settings: KafkaSettings, metrics: Metrics | None = None) -> None:
+        super().__init__(settings, metrics)
         self._config = librdkafka_config(settings)
         self._limit = settings.max_in_flight_records
         self._producer: Any = None
@@ -89,6 +90,7 @@ class ConfluentPublisher(BatchPublisher):
             await asyncio.to_thread(self._thread.join, 5)
         if self._producer is not None:
             self._retiring.append(self._producer)
+            self._producer = None  # destroyed with the last reference: no librdkafka thread outlives close
         await asyncio.to_thread(self._retire_all)
         self._drain()
 
@@ -134,7 +136,8 @@ class ConfluentPublisher(BatchPublisher):
         while reports:
             batch, index, generation, error = reports.popleft()
             if error is None:
-                self._connected = True
+                if not self._connected:
+                    self._set_connected(True)
                 self._record_done(batch, index, None)
             else:
                 if error.fatal() and generation == self._generation:
@@ -170,7 +173,7 @@ class ConfluentPublisher(BatchPublisher):
         log.warning("replacing a failed Kafka producer")
         self._retiring.append(self._producer)
         self._generation += 1
-        self._connected = False
+        self._set_connected(False, "producer")
         self._progress_at = time.monotonic()
         self._producer = self._new_producer()
 
@@ -203,7 +206,7 @@ class ConfluentPublisher(BatchPublisher):
             self._producer.list_topics(timeout=PROBE_EVERY)
         except KafkaException:
             return
-        self._connected = True
+        self._set_connected(True)
 
     def _retire_all(self) -> None:
         """Purge replaced producers: every record they held is reported failed, then they go."""
@@ -218,6 +221,10 @@ class ConfluentPublisher(BatchPublisher):
             self._drain_due = True
             self._loop.call_soon_threadsafe(self._drain)
 
+    def _set_connected(self, connected: bool, replaced: str | None = None) -> None:
+        self._connected = connected
+        self.metrics.producer_status(connected, replaced)
+
     def _reported(self, batch: Batch, index: int, generation: int, error: Any, _message: Any) -> None:
         if error is None:
             self._progress_at = time.monotonic()
@@ -228,7 +235,7 @@ class ConfluentPublisher(BatchPublisher):
             log.error("Kafka producer failed for good", extra={"reason": error.name()})
             self._failed_generation = generation
         elif error.code() == KafkaError._ALL_BROKERS_DOWN:
-            self._connected = False
+            self._set_connected(False)
             log.warning("no Kafka broker reachable", extra={"reason": error.name()})
         elif error.code() != self._last_error:
             log.warning("Kafka client error", extra={"reason": error.name()})

@@ -110,6 +110,10 @@ def librdkafka_config(settings: KafkaSettings) -> dict[str, Any]:
         "request.timeout.ms": 10_000,
         # A broker's local socket: Nagle would hold small produce requests for the peer's delayed ACK.
         "socket.nagle.disable": True,
+        # librdkafka logs each failed connection attempt as an error; its error callback already
+        # tells webhookbus (one warning per change, ConfluentPublisher): keep only its critical lines.
+        "log_level": 2,
+        "log.connection.close": False,
         # kafka-python's max_request_size default, which Delivery checks records against (413).
         "message.max.bytes": 1_048_576,
         # The bound is webhookbus's own (max_in_flight_records, which lets a batch in alone
