@@ -38,13 +38,16 @@ from measure import WrkRun, cpu_seconds, delivered_events, peak_rss_mb, process_
 from signed import SECRET, SECRET_ENV, signed_requests, write_wrk_file  # noqa: E402
 from webhookbus.config import parse_config  # noqa: E402
 from webhookbus.delivery.options import kafka_client  # noqa: E402
+from webhookbus.http import engines  # noqa: E402
 from webhookbus.testing.broker import Broker, free_port, wait_for_port  # noqa: E402
 from webhookbus.testing.listener import post  # noqa: E402
 from webhookbus.testing.redis import RedisServer  # noqa: E402
 
 EXPRESS = BENCH / "baselines" / "express"
 MINIMAL = "minimal pipeline, same server and client"
-CLIENT = kafka_client("auto")  # what webhookbus's kafka.client: auto uses here
+CLIENT, ENGINE = kafka_client("auto"), engines.resolve("auto")  # what webhookbus's auto settings use here
+CLIENTS = [c for c in ("confluent", "kafka-python") if c == "kafka-python" or CLIENT == "confluent"]
+ENGINES = [e for e in engines.ENGINES if not engines.missing(e)]
 MAX_FILE_BYTES = 256 * 1024 * 1024  # request file per contender; past its end wrk wraps around
 
 
@@ -107,11 +110,11 @@ class Run:
 
     def webhookbus(self, name: str, bootstrap: str, topic: str, port: int, *, workers: int = 1, providers: int = 1,
                    ack: str = "broker", loop: str = "auto", metrics: bool = False,
-                   redis: RedisServer | None = None, client: str = "auto") -> Server:
+                   redis: RedisServer | None = None, client: str = "auto", engine: str = "auto") -> Server:
         paths = ["/webhooks/uip"] if providers == 1 else [f"/webhooks/uip-{i}" for i in range(providers)]
         names = [path.rsplit("/", 1)[1] for path in paths]
         settings: dict[str, Any] = {
-            "server": {"host": "127.0.0.1", "port": port, "workers": workers, "loop": loop},
+            "server": {"host": "127.0.0.1", "port": port, "workers": workers, "loop": loop, "engine": engine},
             "kafka": {"bootstrap_servers": [bootstrap], "client": client},
             "providers": {n: {"verifier": "uip", "path": p, "secrets": [f"env:{SECRET_ENV}"], "ack": ack}
                           for n, p in zip(names, paths)},
@@ -229,15 +232,16 @@ class Run:
             results.append(self.broker_ceiling(in_flight))
             _print_row(results[-1])
 
-        http("webhookbus", f"uip verifier; acks=all, idempotent; 2xx after the broker's ack; kafka.client {CLIENT}",
+        http("webhookbus", f"uip verifier; acks=all, idempotent; 2xx after the broker's ack; auto: {ENGINE} + {CLIENT}",
              lambda bootstrap, topic, port: self.webhookbus("webhookbus, 1 worker, ack=broker", bootstrap, topic, port))
+        for engine, client in ((e, c) for e in ENGINES for c in CLIENTS if (e, c) != (ENGINE, CLIENT)):
+            http(f"webhookbus-{engine}-{client}", f"server.engine {engine}, kafka.client {client}",
+                 lambda bootstrap, topic, port, engine=engine, client=client: self.webhookbus(
+                     f"webhookbus, 1 worker, ack=broker, {engine}, {client}", bootstrap, topic, port, engine=engine,
+                     client=client))
         http("webhookbus-redis", "dedup.store: redis:// (Debian's redis-server on loopback; its CPU and RSS counted)",
              lambda bootstrap, topic, port: self.webhookbus("webhookbus, 1 worker, ack=broker, redis", bootstrap, topic,
                                                             port, redis=self.fresh_redis()))
-        if CLIENT != "kafka-python":
-            http("webhookbus-kafka-python", "the fallback: kafka-python in a producer process",
-                 lambda bootstrap, topic, port: self.webhookbus("webhookbus, 1 worker, ack=broker, kafka-python",
-                                                                bootstrap, topic, port, client="kafka-python"))
         if self.args.spool:
             http("webhookbus-spool", "2xx after the local fsync; Kafka after",
                  lambda bootstrap, topic, port: self.webhookbus("webhookbus, 1 worker, ack=spool", bootstrap, topic,
@@ -260,10 +264,10 @@ class Run:
                  {"PORT": str(port), "TOPIC": topic, "KAFKA_BROKERS": bootstrap, SECRET_ENV: SECRET},
                  ["/webhook"], topic))
         if CLIENT == "confluent":
-            http("minimal", "HMAC, CloudEvent record, confluent produce, await the ack; nothing else (baselines/)",
+            http("minimal", f"HMAC, CloudEvent record, confluent produce, await the ack, on {ENGINE}; nothing else",
                  lambda bootstrap, topic, port: Server(
                      MINIMAL, [sys.executable, str(BENCH / "baselines" / "minimal_pipeline.py"), str(port), bootstrap,
-                               topic, "hypercorn"],
+                               topic, ENGINE],
                      {SECRET_ENV: SECRET}, ["/webhooks/uip"], topic))
         for loop in ("auto", "asyncio"):
             http("bare" if loop == "auto" else "bare-asyncio", "server ceiling: no verification, no Kafka",
@@ -332,7 +336,7 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-HEADER = (f"{'contender':<48} {'CPU us/req':>10} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'p99.9':>7} {'errors':>6} "
+HEADER = (f"{'contender':<56} {'CPU us/req':>10} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'p99.9':>7} {'errors':>6} "
           f"{'delivered/accepted':>19} {'RSS MB':>6}")
 
 
@@ -341,7 +345,7 @@ def _row(result: Result) -> str:
     if result.lost:
         delivered += " LOST"
     cpu_us = None if result.cpu_per_1k is None else result.cpu_per_1k * 1000
-    return (f"{result.name:<48} {_fmt(cpu_us, 0):>10} {result.rps:>7.0f} {_fmt(result.p50_ms, 2):>7} "
+    return (f"{result.name:<56} {_fmt(cpu_us, 0):>10} {result.rps:>7.0f} {_fmt(result.p50_ms, 2):>7} "
             f"{_fmt(result.p99_ms, 2):>7} {_fmt(result.p999_ms, 2):>7} {result.errors:>6} {delivered:>19} "
             f"{result.peak_rss_mb:>6.1f}")
 
@@ -438,7 +442,7 @@ def report(run: Run, results: list[Result], scaling: list[Result], summary: dict
             print("    " + _row(result))
     print("\nsaturation req/s relative to webhookbus, 1 worker, ack=broker:")
     for name, ratio in summary["vs_webhookbus_1_worker"].items():
-        print(f"    {name:<40} {ratio:>6.2f}x")
+        print(f"    {name:<56} {ratio:>6.2f}x")
     if "redis_store_vs_local" in summary:
         cost = summary["redis_store_vs_local"]
         print(f"\nthe Redis dedup store against the local one: {cost['rps_ratio']:.2f}x the req/s, "
@@ -467,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--rate", type=float, help="fixed offered rate (default: half webhookbus's saturation)")
     parser.add_argument("--max-rps", type=float, default=6000, help="sizes the request files (distinct events)")
-    parser.add_argument("--only", help="comma-separated: webhookbus,webhookbus-kafka-python,webhookbus-metrics,"
+    parser.add_argument("--only", help="comma-separated: webhookbus,webhookbus-<engine>-<client>,webhookbus-metrics,"
                                        "webhookbus-redis,webhookbus-spool,webhookbus-asyncio,webhookbus-workers,"
                                        "webhookbus-workers-metrics,express,minimal,bare,bare-asyncio,ceiling")
     parser.add_argument("--no-spool", dest="spool", action="store_false", help="skip the ack=spool contender")
