@@ -160,11 +160,20 @@ def checked_answer(event_type: str | None, answer: Any) -> BlockingResponse:
     """``answer`` checked against what Authgear accepts for ``event_type``'s family, or for any
     blocking event when ``None`` (what a default answer or a fallback may be).
 
-    One set of rules for every source of an answer: ``blocking_responses`` and a reply route's
+    The one check for every source of an answer: ``blocking_responses`` and a reply route's
     fallback when the config loads, a Kafka consumer's reply when it arrives.  Raises pydantic's
-    ``ValidationError`` (a ``ValueError``).
+    ``ValidationError`` (a ``ValueError``), whose locations start with the event type.
     """
-    return (BlockingResponse if event_type is None else response_model(event_type)).model_validate(answer)
+    if event_type is None:
+        return BlockingResponse.model_validate(answer)
+    return _KEYED[response_model(event_type)].validate_python({event_type: answer})[event_type]
+
+
+# Keyed by the event type, so an error names it; built once (a TypeAdapter is costly to build).
+_KEYED: dict[type[BlockingResponse], TypeAdapter[dict[str, Any]]] = {
+    model: TypeAdapter(dict[str, model])  # type: ignore[valid-type]
+    for model in (BlockingResponse, UserEventResponse, OidcEventResponse, AuthenticationEventResponse)
+}
 
 
 class AuthgearOptions(VerifierOptions):
@@ -189,8 +198,7 @@ class AuthgearOptions(VerifierOptions):
             raise ValueError(f"not blocking event types: {', '.join(unknown)}")
         checked: dict[str, BlockingResponse] = {}
         for name, answer in value.items():  # one at a time, so an error names the event's key
-            model = response_model(name)
-            checked |= TypeAdapter(dict[str, model]).validate_python({name: answer})  # type: ignore[valid-type]
+            checked[name] = checked_answer(name, answer)
         return checked
 
 
