@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import signal
 import threading
 import time
 import uuid
@@ -17,8 +18,10 @@ from typing import Any
 import urllib.request
 
 import pytest
+import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from webhookbus.delivery.dedup import dedup_key
 from webhookbus.plugin import installed_verifiers
 from webhookbus.testing import free_port, post, read_topic, to_cloudevent
 from webhookbus.testing.process import ServerProcess
@@ -250,6 +253,41 @@ def test_a_copy_given_up_at_the_deadline_stays_claimed_across_instances(tmp_path
         while (status := send((a, b)[int(time.monotonic()) % 2], provider, data)) != 200:
             assert time.monotonic() < deadline, status
             time.sleep(0.5)
+        assert published(own_broker.bootstrap, topic, 1)[event_id] == 1
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_claim_of_an_instance_killed_mid_request_expires_after_claim_ttl(tmp_path, own_broker, redis_server, topic_name):
+    """SIGKILL while a request waits for the broker: nothing settles its claim, and nothing
+    renews it; the retry at the other instance waits, and publishes once ``claim_ttl`` has passed."""
+    topic = topic_name("killed")
+    config = settings(topic, redis_server.url, publish_timeout=8.0)
+    config["dedup"]["claim_ttl"] = 2
+    a, b = (ServerProcess(config, own_broker.bootstrap, tmp_path / name).start() for name in "ab")
+    try:
+        assert send(a, *uip(f"warm-{uuid.uuid4().hex[:8]}")[:2]) == 200
+        assert send(b, *uip(f"warm-{uuid.uuid4().hex[:8]}")[:2]) == 200
+        own_broker.stop()
+        provider, data, event_id = uip(f"killed-{uuid.uuid4().hex[:8]}")
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(send, a, provider, data)
+            time.sleep(1.0)  # a has claimed the id and waits for the broker
+            a.signal_all(signal.SIGKILL)
+            a.process.wait()  # type: ignore[union-attr]
+            a.process = None
+            assert first.exception() is not None, "the provider never got an answer"
+        store = redis.Redis.from_url(redis_server.url)
+        key = f"webhookbus:dedup:uip:{dedup_key('uip', event_id).hex()}"
+        assert store.get(key) not in (None, b"a") and 0 < store.pttl(key) <= 2000, "the dead instance's claim"
+        own_broker.start()
+        assert send(b, provider, data) == 200, "b waited for the claim to expire, then published"
+        deadline = time.monotonic() + 5  # the settle follows the answer
+        while store.get(key) != b"a":
+            assert time.monotonic() < deadline, store.get(key)
+            time.sleep(0.05)
+        store.close()
         assert published(own_broker.bootstrap, topic, 1)[event_id] == 1
     finally:
         a.stop()
