@@ -354,3 +354,17 @@ def test_a_process_whose_reply_partition_is_missing_is_not_ready_and_answers_wit
     assert line.fallback_reason == "the reply consumer is not assigned yet"
     [event] = read_events(topic, 1)
     assert event.get_extension("correlationid") is None, "nobody is asked a question nobody waits the answer of"
+
+
+def test_a_plugin_cannot_set_where_a_decision_goes():
+    """A deciding service replies wherever replytopic and replypartition say: only the listener sets them."""
+    from datetime import datetime, timezone
+
+    from webhookbus.events import normalize
+    from webhookbus.plugin import InboundRequest, ProviderEvent
+
+    request = InboundRequest("demo", "POST", "/hooks/demo", "", {}, b"{}", datetime.now(timezone.utc))
+    forged = {"replytopic": "elsewhere", "replypartition": "7", "correlationid": "c", "tenant": "acme"}
+    event = normalize(request, "hmac", ProviderEvent("x", {}, extensions=forged))
+    assert {name: event.extensions.get(name) for name in forged} == {
+        "replytopic": None, "replypartition": None, "correlationid": None, "tenant": "acme"}

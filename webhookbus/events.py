@@ -22,9 +22,13 @@ from webhookbus.plugin import InboundRequest, ProviderEvent
 SPECVERSION = "1.0"
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 Headers = list[tuple[str, bytes]]
+# Where a held request's decision goes (a route's reply, webhookbus.delivery.replies): set by the
+# listener only, since a deciding service sends its answer wherever they say.
+REPLY_TOPIC, REPLY_PARTITION, CORRELATION_ID = "replytopic", "replypartition", "correlationid"
 # Attribute names a plugin's extension may not take: CloudEvents' own, and the ones webhookbus adds.
 RESERVED_ATTRIBUTES = frozenset({"specversion", "id", "source", "type", "datacontenttype", "dataschema", "subject",
-                                 "time", "data", "data_base64", "receivedtime", "verifier", "rawbody"})
+                                 "time", "data", "data_base64", "receivedtime", "verifier", "rawbody",
+                                 REPLY_TOPIC, REPLY_PARTITION, CORRELATION_ID})
 # CloudEvents 1.0: "lower-case ASCII letters or digits, at most 20 characters".
 EXTENSION_NAME = re.compile(r"[a-z0-9]{1,20}")
 _SURROGATE = re.compile("[\ud800-\udfff]")

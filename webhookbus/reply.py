@@ -39,8 +39,8 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from webhookbus.events import CloudEvent, decode_kafka, encode_structured
-from webhookbus.delivery.replies import CORRELATION_ID, FETCH_MAX_WAIT_MS, REPLY_PARTITION, REPLY_TOPIC
+from webhookbus.delivery.replies import FETCH_MAX_WAIT_MS
+from webhookbus.events import CORRELATION_ID, REPLY_PARTITION, REPLY_TOPIC, CloudEvent, decode_kafka, encode_structured
 
 log = logging.getLogger("webhookbus.reply")
 

@@ -33,7 +33,7 @@ from datetime import datetime
 from typing import Any
 
 from webhookbus.config import Config, KafkaSettings, Provider, RouteSettings, validation_reason
-from webhookbus.events import CloudEvent, Headers, decode_kafka
+from webhookbus.events import CORRELATION_ID, REPLY_PARTITION, REPLY_TOPIC, CloudEvent, Headers, decode_kafka
 from webhookbus.log import where
 from webhookbus.metrics import Metrics
 from webhookbus.plugin import Accepted, Decides, Response
@@ -41,7 +41,6 @@ from webhookbus.routing import reply_route
 
 log = logging.getLogger("webhookbus.replies")
 
-REPLY_TOPIC, REPLY_PARTITION, CORRELATION_ID = "replytopic", "replypartition", "correlationid"
 FETCH_MAX_WAIT_MS = 5
 POLL_MS = 100  # how soon the consumer thread notices a stop
 
