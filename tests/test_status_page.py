@@ -149,3 +149,25 @@ def test_after_a_reload_the_parent_page_shows_what_the_workers_serve(tmp_path, k
         assert len(after["served by"]) == 2 and len(versions) == 1 and versions != {old_version}
     finally:
         server.terminate()
+
+
+def test_text_a_caller_or_a_plugin_chose_is_escaped_never_markup():
+    """A refusal's error code and reason come from plugins (which may quote the request, as
+    gitlab's "event '<kind>' is not accepted here" does); each reaches the page as text."""
+    from prometheus_client import CollectorRegistry
+
+    from webhookbus.activity import Snapshot
+    from webhookbus.config import parse_config
+    from webhookbus.http.status import render
+
+    hostile = "<script>alert(1)</script><img src=x onerror=alert(2)>\"'&amp;"
+    config = parse_config("admin: {port: 0}\n")
+    snapshot = Snapshot(providers={"demo": {"path": f"/hooks/{hostile}", "verifier": hostile}},
+                        refusals=[{"time": time.time(), "provider": "demo", "status": 400, "error": hostile,
+                                   "reason": hostile, "client": hostile}])
+    page = render(config, CollectorRegistry(), snapshot).decode()
+    assert "<script" not in page and "<img" not in page
+    [refusal] = tables(page)["when"]
+    assert (refusal["error"], refusal["reason"], refusal["client"]) == (hostile, hostile, hostile)
+    [provider] = tables(page)["provider"]
+    assert (provider["path"], provider["verifier"]) == (f"/hooks/{hostile}", hostile)
