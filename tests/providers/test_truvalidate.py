@@ -533,3 +533,51 @@ def test_shipped_config_passes_check(keys, tmp_path, capsys):
     assert main(["check", "--config", str(config)]) == 0
     out = capsys.readouterr().out
     assert "truvalidate" in out and "PRIVATE KEY" not in out
+
+
+# --- native mutual TLS: webhookbus terminates TLS and checks the subject the handshake verified ----
+
+
+@pytest.fixture
+def e2e_native_tls(keys, pem_paths, shipped_config, webhookbus_listener, tmp_path):
+    from webhookbus.testing.pki import TestPki
+
+    pki = TestPki(tmp_path / "pki")
+    settings, topics = shipped_config(
+        "truvalidate", [make.private_pem(k).decode() for k in (keys["service_old"], keys["service_new"])])
+    settings["providers"]["truvalidate"]["options"].update(
+        audience=SERVICE, platform_keys=pem_paths, client_subject=PRODUCTION)
+    settings["server"]["tls"] = pki.server_tls("optional")  # required would refuse the no-certificate case earlier
+    return webhookbus_listener(settings), topics, pki
+
+
+@pytest.mark.parametrize("webhookbus_engine", ["uvicorn"])  # the engine that hands the certificate to the app
+def test_e2e_native_mutual_tls_checks_the_verified_subject_and_its_chain(e2e_native_tls, keys, kafka_broker):
+    import http.client
+    import ssl
+
+    from webhookbus.testing import read_topic
+
+    listener, topics, pki = e2e_native_tls
+    body = body_of(SESSION_END)
+
+    def send(client, **headers: str) -> tuple[int, dict]:
+        connection = http.client.HTTPSConnection("127.0.0.1", listener.port, context=pki.client_context(client),
+                                                 timeout=10)
+        try:
+            connection.request("POST", PATH, body, {"Content-Type": "application/json",
+                                                   "X-IOV-JWT": signed(keys, body), **headers})
+            response = connection.getresponse()
+            return response.status, json.loads(response.read() or b"null")
+        finally:
+            connection.close()
+
+    assert send(pki.client(PRODUCTION)) == (200, None), "the platform's subject, issued under ca_certs (intermediate)"
+    status, reply = send(pki.client("CN=webhooks.launchkey.com,O=someone else,C=US"))
+    assert status == 401 and "subject is not the configured one" in reply["detail"]
+    status, reply = send(None, **{"X-SSL-Client-S-DN": PRODUCTION})  # no certificate; a header proves nothing
+    assert status == 401 and "client certificate required" in reply["detail"]
+    with pytest.raises((ssl.SSLError, ConnectionError)):  # the right subject from a CA nobody configured
+        send(pki.client(PRODUCTION, trusted=False))
+    records = read_topic(kafka_broker.bootstrap, topics["truvalidate-sessions"], 2, timeout=3)
+    assert len(records) == 1

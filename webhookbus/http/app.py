@@ -300,18 +300,16 @@ class WebhookBus:
             self.deadlines.disarm(task)
 
     def _tls_peer(self, scope: Scope, headers: dict[str, str], client: Any) -> dict[str, str] | None:
-        """The client certificate subject: the one webhookbus's own TLS verified (the ASGI
-        ``tls`` extension, from engines that pass it on), else the one a trusted
-        TLS-terminating proxy passed on in ``server.client_cert_header``."""
-        tls = scope.get("extensions", {}).get("tls")
-        if tls is not None:
-            name = tls.get("client_cert_name")
-            return {"subject": name} if name else None
+        """The client certificate subject: from a trusted TLS-terminating proxy's header
+        (``server.client_cert_header``) when the request comes from one, else the one
+        webhookbus's own TLS verified (the ASGI ``tls`` extension, from engines that pass it on)."""
         proxy = self.server.client_cert_header
-        if proxy is None or not client or client[0] not in proxy.trusted_proxies:
-            return None
-        subject = headers.get(proxy.header.lower())
-        return {"subject": subject} if subject else None
+        if proxy is not None and client and client[0] in proxy.trusted_proxies:
+            subject = headers.get(proxy.header.lower())
+            return {"subject": subject} if subject else None
+        tls = (scope.get("extensions") or {}).get("tls")
+        name = tls.get("client_cert_name") if tls else None
+        return {"subject": name} if name else None
 
     async def _readyz(self) -> Response:
         ok, reason = self.publisher.ready()
