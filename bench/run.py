@@ -62,6 +62,7 @@ class Server:
     topic: str | None  # None: the contender does not publish (bare server)
     ready_path: str | None = None  # GET it until 200 (webhookbus: /readyz); else an open port suffices
     also_pids: list[int] = field(default_factory=list)  # processes whose CPU and RSS count as the contender's (Redis)
+    tls: bool = False  # wrk speaks https to it
 
 
 @dataclass
@@ -110,11 +111,14 @@ class Run:
 
     def webhookbus(self, name: str, bootstrap: str, topic: str, port: int, *, workers: int = 1, providers: int = 1,
                    ack: str = "broker", loop: str = "auto", metrics: bool = False,
-                   redis: RedisServer | None = None, client: str = "auto", engine: str = "auto") -> Server:
+                   redis: RedisServer | None = None, client: str = "auto", engine: str = "auto",
+                   tls: dict[str, str] | None = None) -> Server:
+        """``tls``: ``server.tls`` settings (bench/tls_cost.py)."""
         paths = ["/webhooks/uip"] if providers == 1 else [f"/webhooks/uip-{i}" for i in range(providers)]
         names = [path.rsplit("/", 1)[1] for path in paths]
         settings: dict[str, Any] = {
-            "server": {"host": "127.0.0.1", "port": port, "workers": workers, "loop": loop, "engine": engine},
+            "server": {"host": "127.0.0.1", "port": port, "workers": workers, "loop": loop, "engine": engine,
+                       **({"tls": tls} if tls else {})},
             "kafka": {"bootstrap_servers": [bootstrap], "client": client},
             "providers": {n: {"verifier": "uip", "path": p, "secrets": [f"env:{SECRET_ENV}"], "ack": ack}
                           for n, p in zip(names, paths)},
@@ -129,8 +133,9 @@ class Run:
         config.write_text(yaml.safe_dump(settings, sort_keys=False))
         os.environ.setdefault(SECRET_ENV, SECRET)
         parse_config(config.read_text(), str(config))  # a config error fails here, loudly
+        # The readiness probe speaks plain HTTP: over TLS the warm-up waits instead.
         return Server(name, [sys.executable, "-m", "webhookbus.cli", "serve", "--config", str(config)],
-                      {SECRET_ENV: SECRET}, paths, topic, ready_path="/readyz",
+                      {SECRET_ENV: SECRET}, paths, topic, ready_path=None if tls else "/readyz", tls=bool(tls),
                       also_pids=[redis.process.pid] if redis is not None and redis.process is not None else [])
 
     def measure_http(self, server: Server, port: int, broker: Broker, *, size: int = 600,
@@ -143,7 +148,7 @@ class Run:
         result = Result(server.name)
         runs: list[WrkRun] = []
         requests, distinct = self.request_file(server.paths, size)
-        url = f"http://127.0.0.1:{port}"
+        url = f"{'https' if server.tls else 'http'}://127.0.0.1:{port}"
 
         def load(seconds: float, rate: float | None = None) -> WrkRun:
             start = runs[-1].next if runs else 0
