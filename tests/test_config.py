@@ -119,6 +119,9 @@ def test_check_prints_a_summary_and_never_the_secret(tmp_path: Path):
     assert result.returncode == 0, result.stderr
     assert "demo" in result.stdout and "/webhooks/demo" in result.stdout and "demo.events" in result.stdout
     assert "s3cr3t" not in result.stdout + result.stderr
+    from webhookbus.http.engines import resolve
+
+    assert f"({resolve('auto')})" in result.stdout, "the engine auto chose"
 
 
 def test_serve_refuses_to_start_on_a_bad_config(tmp_path: Path):

@@ -157,3 +157,17 @@ def test_run_freezes_what_is_loaded_before_serving(monkeypatch):
     finally:
         gc.unfreeze()
     assert frozen_when_serving and frozen_when_serving[0] > 1000
+
+
+def test_engine_auto_takes_uvicorn_when_installed_and_hypercorn_otherwise(monkeypatch):
+    import importlib.util
+
+    from webhookbus.config import ConfigError, ServerSettings, parse_config
+
+    assert ServerSettings().engine_name == "uvicorn", "make installs the fast extra"
+    assert ServerSettings(engine="hypercorn").engine_name == "hypercorn"
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "httptools" else real(name, *a))
+    assert ServerSettings().engine_name == "hypercorn"
+    with pytest.raises(ConfigError, match=r"server\.engine: .*uvicorn needs httptools: pip install 'webhookbus\[fast\]'"):
+        parse_config("server:\n  engine: uvicorn\n")

@@ -72,7 +72,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args.config)
     settings = config.settings
     print(f"{config.source}: OK")
-    print(f"  listen  {settings.server.host}:{settings.server.port}   kafka {','.join(settings.kafka.bootstrap_servers)}")
+    server = settings.server
+    tls = f", tls (client_auth {server.tls.client_auth})" if server.tls else ""
+    print(f"  listen  {server.host}:{server.port} ({server.engine_name}{tls})   "
+          f"kafka {','.join(settings.kafka.bootstrap_servers)}")
     print(f"  providers ({len(config.providers)}):")
     for provider in config.providers.values():
         print(f"    {provider.name:<14} {provider.settings.verifier:<12} {provider.path:<28} "
