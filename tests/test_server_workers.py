@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from webhookbus.config import KafkaSettings
 from webhookbus.testing import free_port, post, read_topic
 from webhookbus.testing.broker import wait_for_port
 
@@ -85,10 +86,12 @@ def test_each_worker_listens_on_its_own_socket_and_a_stop_is_graceful(server, ka
     process, port, topic, log = server
     wait_until(lambda: len(children(process.pid)) == 2)
     workers = children(process.pid)
-    wait_until(lambda: all(len(children(worker)) == 1 for worker in workers))
-    producers = [children(worker)[0] for worker in workers]
-    assert all(b"webhookbus.delivery.producer" in Path(f"/proc/{pid}/cmdline").read_bytes() for pid in producers), \
-        "each worker publishes through a producer process of its own"
+    producers: list[int] = []
+    if KafkaSettings().client_in_use == "kafka-python":  # confluent-kafka publishes in the worker's own process
+        wait_until(lambda: all(len(children(worker)) == 1 for worker in workers))
+        producers = [children(worker)[0] for worker in workers]
+        assert all(b"webhookbus.delivery.producer" in Path(f"/proc/{pid}/cmdline").read_bytes() for pid in producers), \
+            "each worker publishes through a producer process of its own"
     wait_until(lambda: all(listening_sockets(worker, port) for worker in workers))
     sockets = [listening_sockets(worker, port) for worker in workers]
     assert sockets[0].isdisjoint(sockets[1]), "each worker has a socket of its own, so the kernel spreads connections"
