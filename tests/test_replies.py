@@ -368,3 +368,13 @@ def test_a_plugin_cannot_set_where_a_decision_goes():
     event = normalize(request, "hmac", ProviderEvent("x", {}, extensions=forged))
     assert {name: event.extensions.get(name) for name in forged} == {
         "replytopic": None, "replypartition": None, "correlationid": None, "tenant": "acme"}
+
+
+def test_a_decision_that_is_not_json_costs_its_request_the_reply_not_the_responder(listener, caplog):
+    caplog.set_level(logging.INFO)
+    decisions = iter([{"is_allowed": {1, 2}}, ALLOW])  # a set: no JSON for it
+    running, _, _ = listener(lambda event: next(decisions), timeout=0.5)
+    assert running.post(PATH, *authgear_request()).json() == STATIC
+    assert running.post(PATH, *authgear_request()).json() == ALLOW
+    assert [r.decision for r in decision_lines(caplog)] == ["fallback", "reply"]
+    assert [r for r in caplog.records if r.name == "webhookbus.reply" and r.getMessage().startswith("no reply")]

@@ -101,18 +101,21 @@ def _answer(value: bytes | None, headers: list[tuple[str, bytes]], handler: Hand
     try:
         event = _cloudevent(document)
         decision = handler(event)
-    except Exception:  # a policy's bug: the listener's fallback answers
-        log.exception("the handler failed; no reply", extra={CORRELATION_ID: correlation_id})
+        if decision is None:
+            return
+        reply = CloudEvent(id=uuid.uuid4().hex, source=source, type=f"{event.type}.decision",
+                           time=datetime.now(timezone.utc), data=decision, subject=event.subject,
+                           extensions={CORRELATION_ID: correlation_id})
+        encoded, reply_headers = encode_structured(reply)  # a decision that is not JSON fails here
+    except Exception:  # a policy's bug costs this request its reply (the fallback answers), not the loop
+        log.exception("no reply: the handler failed or its decision is not JSON",
+                      extra={CORRELATION_ID: correlation_id})
         return
-    if decision is None:
-        return
-    reply = CloudEvent(id=uuid.uuid4().hex, source=source, type=f"{event.type}.decision",
-                       time=datetime.now(timezone.utc), data=decision, subject=event.subject,
-                       extensions={CORRELATION_ID: correlation_id})
-    encoded, reply_headers = encode_structured(reply)
     partition = document.get(REPLY_PARTITION)
-    producer.send(reply_topic, encoded, headers=reply_headers,
-                  partition=int(partition) if isinstance(partition, str) and partition.isdigit() else None)
+    future = producer.send(reply_topic, encoded, headers=reply_headers,
+                           partition=int(partition) if isinstance(partition, str) and partition.isdigit() else None)
+    future.add_errback(lambda exc: log.error("reply not sent", extra={CORRELATION_ID: correlation_id,
+                                                                      "reason": type(exc).__name__}))
 
 
 def _cloudevent(document: dict[str, Any]) -> CloudEvent:
