@@ -25,6 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from webhookbus.testing import free_port, post, read_topic
 from webhookbus.testing.process import ServerProcess
 
+from test_replies import responder  # noqa: F401 - a fixture
+
 PATH = "/webhooks/demo"
 OLD, NEW = "old-secret-rotated-away", "new-secret-rotated-in"
 
@@ -223,6 +225,43 @@ def test_a_request_in_flight_finishes_under_the_config_it_started_with(tmp_path,
         assert post(server.port, PATH, *signed(OLD, "late")).status == 401
         assert post(server.port, PATH, *signed(NEW, "late")).status == 200
         assert [json.loads(r.value)["id"] for r in read_topic(kafka_broker.bootstrap, new_topic, 1)] == ["late"]
+    finally:
+        server.stop()
+
+
+def test_a_held_request_in_flight_is_decided_by_the_reply_route_it_started_with(tmp_path, kafka_broker, topic_name,
+                                                                                   responder):
+    """The request's events are published by the routes it started under; its reply route must come
+    from the same config.  Before, a reload in between made it look for one in the new config:
+    none matched, so it was answered the static decision while its event went to the old route."""
+    from test_replies import ALLOW, PATH as HOOK, STATIC, authgear_request, config as reply_config, wait_ready
+
+    topic, reply_topic = topic_name("held"), topic_name("held-replies")
+    responder(topic, lambda event: ALLOW)
+    server = ServerProcess(reply_config(topic, reply_topic, timeout=3.0), kafka_broker.bootstrap,
+                           tmp_path / "server").start()
+    try:
+        wait_ready(server.port)
+        body, headers = authgear_request()
+        head = (f"POST {HOOK} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+                + "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n").encode()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(head + body[:5])  # started: its provider and config are looked up
+            time.sleep(0.5)
+            rewrite(server, lambda s: s["routes"][0].update(where={"data.payload.user.id": "nobody"}))
+            result = reload(server)
+            assert result.returncode == 0, result.stderr
+            sock.sendall(body[5:])
+            reply = b""
+            while b"\r\n\r\n" not in reply or len(reply.split(b"\r\n\r\n", 1)[1]) < int(
+                    reply.lower().split(b"content-length:", 1)[1].split(b"\r\n", 1)[0]):
+                chunk = sock.recv(65536)
+                assert chunk, reply
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200"), reply
+        assert json.loads(reply.split(b"\r\n\r\n", 1)[1]) == ALLOW, "decided by the consumer, not the static answer"
+        # A request that starts now matches no reply route: the verifier's static answer, at once.
+        assert post(server.port, HOOK, *authgear_request()).json() == STATIC
     finally:
         server.stop()
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from webhookbus.config import Config, KafkaSettings, Provider, RouteSettings, validation_reason
+from webhookbus.config import Config, KafkaSettings, Provider, RouteSettings, Settings, validation_reason
 from webhookbus.events import CORRELATION_ID, REPLY_PARTITION, REPLY_TOPIC, CloudEvent, Headers, decode_kafka
 from webhookbus.log import where
 from webhookbus.metrics import Metrics
@@ -91,13 +91,15 @@ class HeldRequests:
         if self.consumer is not None:
             await asyncio.to_thread(self.consumer.stop)
 
-    def hold(self, provider: Provider, accepted: Accepted, events: list[CloudEvent],
+    def hold(self, settings: Settings, provider: Provider, accepted: Accepted, events: list[CloudEvent],
              received_at: datetime) -> Hold | None:
-        """A :class:`Hold` when a Kafka consumer decides this request's answer, else ``None``."""
+        """A :class:`Hold` when a Kafka consumer decides this request's answer, else ``None``.
+        ``settings``: those the request started under, whose routes publish its events (a reload
+        may have swapped others in since; ``self.settings`` are the start's, for the consumer)."""
         if accepted.response is None or not self.topics or not isinstance(provider.verifier, Decides):
             return None
         for index, event in enumerate(events):
-            route = reply_route(self.settings, event)
+            route = reply_route(settings, event)
             if route is not None:
                 break
         else:

@@ -97,7 +97,6 @@ class WebhookBus:
         keeps the verifier, secrets and routes it started with."""
         self._configure(config)
         self.delivery.reconfigure(config)
-        self.held.settings = config.settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -219,7 +218,7 @@ class WebhookBus:
         events = [normalize(request, provider.settings.verifier, event, index if several else None)
                   for index, event in enumerate(accepted.events)]
         fields["events"] = [event.id for event in events]
-        hold = self.held.hold(provider, accepted, events, request.received_at)  # a Kafka consumer decides
+        hold = self.held.hold(config.settings, provider, accepted, events, request.received_at)  # a consumer decides
         try:
             await self.delivery.accept(provider, [event.id for event in accepted.events],
                                        events if hold is None else hold.events, fields, config)
