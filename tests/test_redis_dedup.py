@@ -94,14 +94,17 @@ def instances(tmp_path: Path, kafka_broker, redis_server, topic_name):  # type: 
         instance.stop()
 
 
-def test_a_retry_sent_to_the_other_instance_is_published_once(instances, kafka_broker):
+def test_a_retry_sent_to_the_other_instance_is_published_once(instances, kafka_broker, redis_server):
     topic, (a, b) = instances(2)
     assert {a.directory / "spool"} != {b.directory / "spool"}
     run = uuid.uuid4().hex[:8]
     events = [uip(f"aud-{run}"), zignsec(f"ses-{run}", "Pending"), zignsec(f"ses-{run}", "Finished"),
               authgear(f"ag-{run}")]
-    for provider, data, _ in events:
+    store = redis.Redis.from_url(redis_server.url)
+    for provider, data, event_id in events:
         assert send(a, provider, data) == 200
+        assert store.get(f"webhookbus:dedup:{provider}:{dedup_key(provider, event_id).hex()}") == b"a", \
+            "remembered before the 2xx"
         assert send(b, provider, data) == 200, "the retry reached the other instance"
         assert send(a, provider, data) == 200
     counts = published(kafka_broker.bootstrap, topic, len(events))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -61,9 +61,10 @@ class Claims(Protocol):
         :class:`StillInFlight` past ``wait`` and :class:`DedupUnavailable` when the store cannot tell."""
         ...
 
-    def settle(self, claim: Claim, accepted: bool) -> None:
+    def settle(self, claim: Claim, accepted: bool) -> Awaitable[None] | None:
         """Remember the held ids until ``claim.expires`` (accepted) or let them go.  Never raises:
-        an accepted event whose id cannot be remembered costs at most a second copy of a retry."""
+        an accepted event whose id cannot be remembered costs at most a second copy of a retry.
+        A store that confirms later returns what to await for it (never raising either)."""
         ...
 
     def remembered(self) -> int | None:

@@ -129,7 +129,7 @@ class Delivery:
         keys = [dedup_key(provider.name, event.id) if window and given is not None else None
                 for given, event in zip(given_ids, events)]
         claim = await self._claim(provider, [key for key in keys if key is not None], window, fields)
-        accepted, late = False, None
+        accepted, late, remembered = False, None, None
         try:
             fresh = [i for i, key in enumerate(keys) if claim is None or key not in claim.duplicates]
             if len(fresh) < len(events):
@@ -153,9 +153,11 @@ class Delivery:
                 assert self.claims is not None
                 settle = partial(self.claims.settle, claim)
                 if late is None:
-                    settle(accepted)
+                    remembered = settle(accepted)
                 else:
                     self.publisher.when_done(late, lambda batch: settle(not batch.failed))
+        if remembered is not None:  # accepted: remembered before the 2xx, as the local store writes it
+            await remembered
 
     def _publish_timeout(self, provider: Provider) -> float:
         """From the provider object, which a request holds on to: a reload may have removed it from the config."""

@@ -198,21 +198,25 @@ class RedisClaims:
             self._held[token] = claim
         return claim
 
-    def settle(self, claim: Claim, accepted: bool) -> None:
+    def settle(self, claim: Claim, accepted: bool) -> asyncio.Future[None] | None:
         if self._held.pop(claim.token, None) is None:
-            return
+            return None
         names = [self._key(claim.provider, key) for key in claim.held]
         window_ms = max(1, int((claim.expires - time.time()) * 1000))
         settled = self._submit(self._settle, names, [claim.token, b"1" if accepted else b"0", b"%d" % window_ms])
-        settled.add_done_callback(partial(self._settled, accepted))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        settled.add_done_callback(partial(self._settled, accepted, done))
+        return done
 
     @staticmethod
-    def _settled(accepted: bool, settled: asyncio.Future[Any]) -> None:
+    def _settled(accepted: bool, done: asyncio.Future[None], settled: asyncio.Future[Any]) -> None:
         if (exc := settled.exception()) is not None:
             # Accepted: a retry within the claim's TTL still waits, then may publish a second copy.
             # Released: the claim expires after dedup.claim_ttl, delaying a retry until then.
             log.warning("dedup store: could not settle a claim",
                         extra={"reason": getattr(exc, "reason", type(exc).__name__), "accepted": accepted})
+        if not done.done():
+            done.set_result(None)
 
     async def _renew_held(self) -> None:
         """Keep the claims of requests still in flight (a late ack can take minutes) from expiring."""
