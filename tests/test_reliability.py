@@ -397,3 +397,31 @@ def test_a_full_disk_refuses_new_requests_and_still_drains_what_was_accepted(web
     assert [(r.getMessage(), r.reason) for r in lines] == [
         ("spool: the disk refuses writes; new requests get 503, accepted ones still drain", "No space left on device")]
     assert any(r.getMessage().endswith(": over") for r in caplog.records), "and one line when it is over"
+
+
+def test_shutdown_with_the_broker_down_takes_one_graceful_timeout_not_one_per_step(webhookbus_listener, own_broker,
+                                                                                   topic_name, monkeypatch):
+    """The forwarder waits for its records, then the producer flushes: both from one budget."""
+    from webhookbus.delivery.forward import Forwarder
+    from webhookbus.delivery.publish import Publisher
+
+    budgets: dict[str, tuple[float, float]] = {}
+    for cls, method in ((Forwarder, "stop"), (Publisher, "close")):
+        real = getattr(cls, method)
+
+        def spy(self, timeout, _real=real, _name=method):
+            budgets.setdefault(_name, (time.monotonic(), timeout))
+            return _real(self, timeout)
+
+        monkeypatch.setattr(cls, method, spy)
+    graceful = 2.0
+    settings = {**config(topic_name("term"), ack="spool"), "server": {"graceful_timeout": graceful}}
+    listener = webhookbus_listener(settings, bootstrap=own_broker.bootstrap)
+    own_broker.stop()
+    for n in range(5):
+        assert listener.post(PATH, *event(f"held-{n}")).status == 200  # the forwarder's records wait for acks
+    listener.stop()
+    (forwarder_at, forwarder_budget), (producer_at, producer_budget) = budgets["stop"], budgets["close"]
+    assert forwarder_budget == pytest.approx(graceful, abs=0.2)
+    assert producer_at - forwarder_at >= graceful - 0.2, "the forwarder waited its budget: the broker is down"
+    assert producer_at + producer_budget <= forwarder_at + graceful + 0.2, "the producer got only what was left"

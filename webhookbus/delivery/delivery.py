@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -103,13 +104,23 @@ class Delivery:
             self.adopted[-1].start()
 
     async def close(self, timeout: float) -> None:
-        """Sync the spool, let the forwarder finish what it sent, then flush the producer."""
+        """Sync the spool, let the forwarder finish what it sent, then flush the producer.
+
+        All within ``timeout`` (``graceful_timeout``): each step gets what the earlier ones
+        left, so a broker that is down costs a SIGTERM one ``graceful_timeout``, not one per
+        step.  What is not acked by then stays in the spool for the next run.
+        """
+        deadline = time.monotonic() + timeout
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
         if self.spool is not None:
             await self.spool.stop_writing()
         forwarders = [f for f in [self.forwarder, *self.adopted] if f is not None]
         for forwarder in forwarders:
-            await asyncio.to_thread(forwarder.stop, timeout)
-        await self.publisher.close(timeout)
+            await asyncio.to_thread(forwarder.stop, left())
+        await self.publisher.close(left())
         if self.claims is not None:  # after the publisher: a late ack still marks its event
             await self.claims.close()
         for forwarder in forwarders:  # unlock last: another process may take the slots over
