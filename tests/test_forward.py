@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable
 
 from webhookbus.delivery.forward import Forwarder
@@ -198,4 +200,35 @@ def test_records_read_while_stop_decides_are_left_in_the_spool_not_sent(tmp_path
     stopper[0].join(5)
     assert publisher.batches == [], "nothing goes out after stop() began"
     assert spool.acked_below == 0
+    spool.close()
+
+
+def test_first_attempts_are_let_go_once_answered_however_long_the_window_stays_full(tmp_path):
+    """A broker stall: the window is full and each request past its deadline is spooled with a
+    link to its first attempt.  Once the producer answered those, nothing may keep them."""
+    tracemalloc.start()
+    try:
+        originals = [Batch([KafkaMessage("t", None, b"%06d" % n * 4000, [], "r")]) for n in range(300)]
+        spool = spool_with(tmp_path, 304, **{f"after{4 + n}": batch for n, batch in enumerate(originals)})
+        publisher = HandPublisher()
+        forwarder = Forwarder(spool, publisher, batch_records=2, window=4)  # type: ignore[arg-type]
+        forwarder.start()
+        wait_until(lambda: len(publisher.batches) == 2)  # the window is full and the broker never answers
+        for batch in originals:
+            HandPublisher.answer(batch, failed=[0])  # the producer gave up on each first attempt
+        del originals, batch
+        gc.collect()
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 1_000_000, f"{held} bytes still held: the 7 MB of answered first attempts must be let go"
+
+    def broker_back() -> bool:  # the failed first attempts go out from the spool, and are acked
+        for waiting in [b for b in list(publisher.batches) if b.state != DONE]:
+            HandPublisher.answer(waiting)
+        return spool.acked_below == 304
+
+    wait_until(broker_back)
+    assert sorted(publisher.values()) == sorted(b"value-%d" % n for n in range(304))
+    forwarder.stop(1)
     spool.close()

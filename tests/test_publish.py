@@ -4,6 +4,7 @@ then the listener's Publisher against its real producer process and a real broke
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import tracemalloc
 
 import pytest
 from kafka.errors import KafkaConnectionError, UnknownProducerIdError
@@ -282,3 +284,34 @@ def test_size_bound_is_never_below_what_kafka_python_counts_against_max_request_
         message = KafkaMessage("topic", key, b"v" * value_size, headers, "r")
         counted = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, message.value, headers)
         assert counted <= size_bound(message) <= counted + 100
+
+
+def test_batches_abandoned_while_the_broker_stalls_are_let_go_at_once(own_broker, topic_name):
+    """Each request past its deadline abandons its batch: the producer must not keep them queued
+    while its thread is blocked (here in send(), waiting for a new topic's metadata)."""
+    topic = topic_name("stall")
+    engine = ProducerThread({"bootstrap_servers": [own_broker.bootstrap], "max_block_ms": 20_000},
+                            max_in_flight_records=100, stall_after=60)
+    engine.start()
+    acked: list[Batch] = []
+    engine.submit(Batch(message(0, topic), callbacks=[acked.append]))
+    wait_until(lambda: acked, timeout=30)
+    os.kill(own_broker.process.pid, signal.SIGSTOP)
+    try:
+        engine.submit(Batch(message(1, topic_name("new"))))  # the thread blocks in send()
+        time.sleep(0.5)
+        tracemalloc.start()
+        try:
+            for n in range(300):
+                batch = Batch([KafkaMessage(topic, None, b"%06d" % n * 4000, [], "r")])
+                engine.submit(batch)
+                assert engine.abandon(batch), "still waiting"
+            del batch
+            gc.collect()
+            held, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert held < 1_000_000, f"{held} bytes still held for 7 MB of abandoned batches"
+    finally:
+        os.kill(own_broker.process.pid, signal.SIGCONT)
+        engine.close(5)

@@ -45,6 +45,8 @@ class Forwarder:
         self._acked: set[int] = set()
         self._outstanding = 0
         self._retry: deque[SpooledRecord] = deque()
+        # seq -> None, or the record once read: a first attempt of it is still in flight
+        self._first_attempts: dict[int, SpooledRecord | None] = {}
         self._retry_at = 0.0
         self._backoff = 0.0
         self._readable = True
@@ -56,6 +58,9 @@ class Forwarder:
         self._trouble = Outage(log, "spool: forwarding stopped by an error; retrying every second",
                                slot=str(spool.slot))
         spool.on_durable = self._wake
+        spool.on_linked = self._link
+        self._link(spool.linked)  # made before this forwarder existed
+        spool.linked = {}
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="webhookbus-forwarder", daemon=True)
@@ -151,17 +156,16 @@ class Forwarder:
         with self._cond:
             if self._draining:  # stop() decided while these were read: they stay in the spool
                 return
-            self._outstanding += len(records)
-        plain: list[SpooledRecord] = []
-        linked: list[tuple[SpooledRecord, Batch, int]] = []
-        for record in records:
-            link = self.spool.linked.pop(record.seq, None)
-            if link is None:
-                plain.append(record)
-            else:
-                linked.append((record, *link))
-        for record, batch, index in linked:
-            self.publisher.when_done(batch, partial(self._original_done, record, index))
+            plain: list[SpooledRecord] = []
+            for record in records:
+                if record.seq in self._acked:
+                    continue  # its first attempt landed before it was read
+                if record.seq in self._first_attempts:
+                    self._first_attempts[record.seq] = record  # sent again only if that attempt fails
+                    self._outstanding += 1
+                else:
+                    plain.append(record)
+            self._outstanding += len(plain)
         if plain:
             self.publisher.submit([r.message for r in plain], partial(self._sent, plain))
 
@@ -189,14 +193,31 @@ class Forwarder:
             log.warning("spool: forwarding failed, will retry",
                         extra={"reason": batch.error, "records": len(failed), "retry_in_s": round(self._backoff, 2)})
 
-    def _original_done(self, record: SpooledRecord, index: int, batch: Batch) -> None:
-        """The first attempt of a record spooled past its deadline has an outcome."""
+    def _link(self, links: dict[int, tuple[Batch, int]]) -> None:
+        """Records spooled past their deadline while their first attempt was in flight.
+
+        Each is followed only while that attempt is (the producer answers every batch, within
+        its delivery timeout): the batch is let go as soon as it is answered, so however long
+        the broker stalls, what is remembered here is bounded by what the producer holds.
+        """
         with self._cond:
-            self._outstanding -= 1
-            if index in batch.failed:
+            for seq in links:
+                self._first_attempts[seq] = None
+        for seq, (batch, index) in links.items():
+            self.publisher.when_done(batch, partial(self._first_attempt_done, seq, index))
+
+    def _first_attempt_done(self, seq: int, index: int, batch: Batch) -> None:
+        with self._cond:
+            record = self._first_attempts.pop(seq, None)  # set once the forwarder read it
+            if index not in batch.failed:
+                if seq >= self._acked_below:
+                    self._acked.add(seq)
+                if record is not None:
+                    self._outstanding -= 1
+            elif record is not None:  # read and waiting on this attempt: send it now
+                self._outstanding -= 1
                 self._retry.append(record)
-            else:
-                self._acked.add(record.seq)
+            # else: failed before it was read, so it is sent when read, like any record
             self._acks_changed = True
             self._cond.notify_all()
 

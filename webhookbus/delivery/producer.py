@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import signal
 import socket
 import sys
@@ -80,9 +79,14 @@ class ProducerThread:
         self._options = options
         self._limit = max_in_flight_records
         self._on_status = on_status
-        self._queue: queue.SimpleQueue[Batch | None] = queue.SimpleQueue()
+        # Batches not handed to kafka-python yet, oldest first.  A dict (by id) rather than a
+        # queue: one abandoned while it waits leaves at once, so a broker stall cannot pile up
+        # the batches every request gave up on (the memory of the requests behind the deadline).
+        self._waiting: dict[int, Batch] = {}
+        self._closing = False
         self._lock = threading.Lock()
         self._slot_freed = threading.Condition(self._lock)
+        self._arrived = threading.Condition(self._lock)
         self._records_in_flight = 0
         self._producer: KafkaProducer | None = None
         self._thread: threading.Thread | None = None
@@ -100,7 +104,9 @@ class ProducerThread:
 
     def submit(self, batch: Batch) -> None:
         """Send ``batch``; its callbacks run once every record is answered for."""
-        self._queue.put(batch)
+        with self._lock:
+            self._waiting[id(batch)] = batch
+            self._arrived.notify()
 
     def abandon(self, batch: Batch) -> bool:
         """Never send ``batch`` if it is still waiting; True when it was (its callbacks then run)."""
@@ -108,6 +114,7 @@ class ProducerThread:
             if batch.state != QUEUED:
                 return False
             batch.state = ABANDONED
+            self._waiting.pop(id(batch), None)
             self._slot_freed.notify_all()
         batch.failed, batch.error = list(range(len(batch.messages))), "abandoned before it was sent"
         self._run_callbacks(batch)
@@ -116,8 +123,10 @@ class ProducerThread:
     def close(self, timeout: float) -> None:
         """Send what is queued, wait up to ``timeout`` for its acks, then stop."""
         self._close_within = timeout
+        with self._lock:
+            self._closing = True
+            self._arrived.notify()
         if self._thread is not None:
-            self._queue.put(None)
             self._thread.join(timeout + 1)
 
     def _run(self) -> None:
@@ -131,10 +140,7 @@ class ProducerThread:
     def _serve_queue(self) -> None:
         self._ensure_producer()
         while True:
-            try:
-                batch = self._queue.get(timeout=1.0)
-            except queue.Empty:
-                batch = False
+            batch = self._next()
             self._check_stall()
             if batch is None:
                 break
@@ -159,6 +165,15 @@ class ProducerThread:
                 sent.add_errback(self._failed, batch, index, self.producers_replaced)
         if self._producer is not None:
             _close(self._producer, self._close_within)
+
+    def _next(self) -> Batch | None | bool:
+        """The oldest waiting batch; None once closing and none waits; False after a second idle."""
+        with self._lock:
+            if not self._waiting and not self._closing:
+                self._arrived.wait(1.0)
+            if self._waiting:
+                return self._waiting.pop(next(iter(self._waiting)))
+            return None if self._closing else False
 
     def _reserve(self, batch: Batch) -> bool:
         """Wait for room under the bound; False if the batch was abandoned meanwhile."""

@@ -185,8 +185,10 @@ class Spool:
 
     ``append`` is the coroutine request handlers await; ``read`` and ``release`` are called
     from the forwarder thread; ``on_durable`` (set by the forwarder) runs on the writer
-    thread after each sync.  ``linked`` maps a sequence number to the in-flight publisher
-    batch (and index) that may deliver the same record, so the forwarder can wait for it.
+    thread after each sync.  ``on_linked`` hears, on the writer thread and before a reader
+    can see them, which records have a first attempt still in flight (sequence number ->
+    the publisher's batch and index), so the forwarder can wait for its outcome; until a
+    forwarder takes that hook the links are kept in ``linked``.
     """
 
     def __init__(self, directory: str | os.PathLike[str], max_bytes: int, segment_bytes: int,
@@ -209,6 +211,7 @@ class Spool:
         self._queue: queue.SimpleQueue[_Append | None] = queue.SimpleQueue()
         self._queued_bytes = 0
         self.linked: dict[int, tuple[Batch, int]] = {}
+        self.on_linked: Callable[[dict[int, tuple[Batch, int]]], None] = self.linked.update
         self.on_durable: Callable[[], None] = lambda: None
         self._fd: int | None = None
         self._active: int | None = None  # first seq of the segment being written
@@ -314,6 +317,8 @@ class Spool:
             while view:
                 view = view[os.write(fd, view):]
             os.fdatasync(fd)
+            if links:
+                self.on_linked(links)
         except Exception as exc:  # the disk (OSError), or a bug: either way the writer must go on
             error = SpoolError(f"spool write failed: {reason(exc)}")
             self.disk.failed(exc)
@@ -321,7 +326,6 @@ class Spool:
         with self._lock:
             self._queued_bytes -= sum(item.size for item in group)
             if error is None:
-                self.linked.update(links)
                 self.next_seq = seq
                 self._active_size += len(data)
                 self.bytes += len(data)
