@@ -47,9 +47,13 @@ bench: bench-deps
 bench-hook: $(STAMP)
 	$(BIN)/python bench/blocking_hook.py $(HOOK_ARGS)
 
-# Broker restarts and SIGKILLs under load; `make test` runs a short form. See bench/chaos.py.
+# Broker restarts and SIGKILLs under load (`make test` runs a short form), a full spool disk
+# (a 1 MiB tmpfs, when mount is allowed), a 3-minute broker stall with RSS. See bench/chaos.py,
+# bench/diskfull.py, bench/stall.py.
 chaos: $(STAMP)
 	$(BIN)/python bench/chaos.py --events 20000 --cycles 6 $(CHAOS_ARGS)
+	$(BIN)/python bench/diskfull.py
+	$(BIN)/python bench/stall.py --stall 180
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -290,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outage", type=float, default=2.0, help="seconds the broker stays down each cycle")
     parser.add_argument("--kafka-client", default="auto", choices=["auto", "kafka-python", "confluent"],
                         help="kafka.client of the webhookbus under test")
+    parser.add_argument("--port", type=int, default=None, help="webhookbus's port (default: a free one)")
+    parser.add_argument("--broker-port", type=int, default=None, help="the broker's port (default: a free one)")
     args = parser.parse_args(argv)
 
     def note(message: str) -> None:
@@ -299,9 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     seen: dict[str, list[tuple[str, str]]] = defaultdict(list)
     tally = Tally()
     stop = threading.Event()
-    broker = Broker().start()
+    broker = (Broker(args.broker_port) if args.broker_port else Broker()).start()
     workdir = Path(tempfile.mkdtemp(prefix="webhookbus-chaos-"))
-    server = ServerProcess(webhookbus_config(args.kafka_client), broker.bootstrap, workdir)
+    server = ServerProcess(webhookbus_config(args.kafka_client), broker.bootstrap, workdir,
+                           **({"port": args.port} if args.port else {}))
     incarnation = 0
     collector = Collector(broker.bootstrap, seen, incarnation)
     collector.start()
