@@ -403,10 +403,17 @@ def test_shutdown_with_the_broker_down_takes_one_graceful_timeout_not_one_per_st
                                                                                    topic_name, monkeypatch):
     """The forwarder waits for its records, then the producer flushes: both from one budget."""
     from webhookbus.delivery.forward import Forwarder
-    from webhookbus.delivery.publish import Publisher
+    from webhookbus.delivery.process_publisher import ProcessPublisher
 
+    publishers = [ProcessPublisher]
+    try:
+        from webhookbus.delivery.confluent import ConfluentPublisher
+    except ImportError:  # the fast extra is not installed
+        pass
+    else:
+        publishers.append(ConfluentPublisher)
     budgets: dict[str, tuple[float, float]] = {}
-    for cls, method in ((Forwarder, "stop"), (Publisher, "close")):
+    for cls, method in ((Forwarder, "stop"), *((publisher, "close") for publisher in publishers)):
         real = getattr(cls, method)
 
         def spy(self, timeout, _real=real, _name=method):
