@@ -196,3 +196,27 @@ def test_every_translated_option_is_a_librdkafka_property_it_accepts(tmp_path):
     defaults = librdkafka_config(KafkaSettings())
     assert (defaults["acks"], defaults["enable.idempotence"]) == ("all", True)
     assert defaults["message.timeout.ms"] == 15000, "kafka-python's delivery_timeout_ms default, the same bound"
+
+
+def test_a_key_lands_in_the_partition_java_clients_choose(kafka_broker, topic_name, kafka_client):
+    """murmur2, as the Java producer and kafka-python: switching kafka.client keeps a subject's partition."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.partitioner.default import murmur2
+
+    topic = topic_name("keyed")
+    admin = KafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap)
+    try:
+        admin.create_topics([NewTopic(topic, num_partitions=4, replication_factor=1)])
+    finally:
+        admin.close()
+    keys = [f"user-{n}".encode() for n in range(16)]
+
+    async def main() -> None:
+        publisher = await started(KafkaSettings(bootstrap_servers=[kafka_broker.bootstrap], client=kafka_client))
+        await publisher.publish([KafkaMessage(topic, key, key, [], "r") for key in keys], 10)
+        await publisher.close(5)
+
+    asyncio.run(main())
+    found = {record.key: record.partition for record in read_topic(kafka_broker.bootstrap, topic, len(keys))}
+    assert found == {key: (murmur2(key) & 0x7FFFFFFF) % 4 for key in keys}
+    assert len(set(found.values())) > 1, "the keys were meant to spread over partitions"
