@@ -128,3 +128,44 @@ def test_tls_settings_are_checked_when_the_config_loads(pki, tmp_path):
     for tls, message in cases.items():
         with pytest.raises(ConfigError, match=rf"config>:2: server\.tls: .*{message}"):
             parse_config(f"server:\n  tls: {tls}\n")
+
+
+def test_http2_is_offered_over_tls_where_the_engine_has_it(webhookbus_listener, kafka_broker, topic_name, pki,
+                                                          webhookbus_engine):
+    import socket
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    from webhookbus.http.engines import ENGINES, resolve
+
+    topic = topic_name()
+    listener = webhookbus_listener(settings(topic, pki.server_tls()))
+    context = pki.client_context()
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    with context.wrap_socket(socket.create_connection(("127.0.0.1", listener.port), timeout=10),
+                             server_hostname="127.0.0.1") as sock:
+        if not ENGINES[resolve(webhookbus_engine)].http2:
+            assert sock.selected_alpn_protocol() in (None, "http/1.1")
+            return
+        assert sock.selected_alpn_protocol() == "h2"
+        body = json.dumps({"id": "over-h2"}).encode()
+        signature = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        connection.initiate_connection()
+        connection.send_headers(1, [(":method", "POST"), (":path", PATH), (":scheme", "https"),
+                                    (":authority", "127.0.0.1"), ("content-type", "application/json"),
+                                    ("x-signature", signature), ("content-length", str(len(body)))])
+        connection.send_data(1, body, end_stream=True)
+        sock.sendall(connection.data_to_send())
+        headers: dict[bytes, bytes] = {}
+        ended = False
+        while not ended:
+            for event in connection.receive_data(sock.recv(65536)):
+                if isinstance(event, h2.events.ResponseReceived):
+                    headers = dict(event.headers)
+                ended = ended or isinstance(event, h2.events.StreamEnded)
+            sock.sendall(connection.data_to_send())
+    assert headers[b":status"] == b"200" and headers[b"x-request-id"]
+    assert [json.loads(r.value)["data"]["id"] for r in read_topic(kafka_broker.bootstrap, topic, 1)] == ["over-h2"]
