@@ -280,6 +280,12 @@ class Run:
                      "bare hypercorn, answers 200" + ("" if loop == "auto" else ", asyncio"),
                      [sys.executable, str(BENCH / "baselines" / "bare_asgi.py"), str(port), loop],
                      {}, ["/webhooks/uip"], None))
+        if ENGINE == "uvicorn":  # the fast engine's own ceiling, with the limits webhookbus adds to it
+            http("bare-uvicorn", "server ceiling: no verification, no Kafka",
+                 lambda bootstrap, topic, port: Server(
+                     "bare uvicorn, answers 200",
+                     [sys.executable, str(BENCH / "baselines" / "bare_asgi.py"), str(port), "auto", "uvicorn"],
+                     {}, ["/webhooks/uip"], None))
         if wanted is None or "ceiling" in wanted:
             for in_flight in (self.args.connections, 0):
                 steps.append(lambda in_flight=in_flight: ceiling(in_flight))
@@ -478,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-rps", type=float, default=6000, help="sizes the request files (distinct events)")
     parser.add_argument("--only", help="comma-separated: webhookbus,webhookbus-<engine>-<client>,webhookbus-metrics,"
                                        "webhookbus-redis,webhookbus-spool,webhookbus-asyncio,webhookbus-workers,"
-                                       "webhookbus-workers-metrics,express,minimal,bare,bare-asyncio,ceiling")
+                                       "webhookbus-workers-metrics,express,minimal,bare,bare-asyncio,bare-uvicorn,ceiling")
     parser.add_argument("--no-spool", dest="spool", action="store_false", help="skip the ack=spool contender")
     parser.add_argument("--no-scaling", action="store_true")
     parser.add_argument("--rounds", type=int, default=1,

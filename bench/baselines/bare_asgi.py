@@ -1,20 +1,19 @@
-"""The server's own ceiling: hypercorn, configured exactly as webhookbus configures it (the
-same settings, the same event loop), serving an ASGI app that reads the body and answers
-200 doing nothing else.
+"""The server's own ceiling: an engine (hypercorn by default), configured and run exactly as
+webhookbus runs it (the same settings, the same event loop, webhookbus.http.engines), serving
+an ASGI app that reads the body and answers 200 doing nothing else.
 
-    python bench/baselines/bare_asgi.py PORT [auto|asyncio|uvloop]
+    python bench/baselines/bare_asgi.py PORT [auto|asyncio|uvloop] [hypercorn|uvicorn]
 """
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 
-from hypercorn.asyncio import serve
-
 from webhookbus.config import ServerSettings
-from webhookbus.http.engines.hypercorn_engine import hypercorn_config
-from webhookbus.http.server import loop_factory
+from webhookbus.http.engines import load
+from webhookbus.http.server import bind, loop_factory
 
 
 async def app(scope, receive, send):  # type: ignore[no-untyped-def]
@@ -30,7 +29,15 @@ async def app(scope, receive, send):  # type: ignore[no-untyped-def]
     await send({"type": "http.response.body", "body": b""})
 
 
+async def main(settings: ServerSettings) -> None:
+    shutdown = asyncio.Event()  # SIGTERM/SIGINT: the engine's graceful shutdown
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, shutdown.set)
+    await load(settings.engine_name).serve(app, settings, bind(settings), None, shutdown)  # type: ignore[arg-type]
+
+
 if __name__ == "__main__":
-    settings = ServerSettings(port=int(sys.argv[1]), loop=sys.argv[2] if len(sys.argv) > 2 else "auto")
+    settings = ServerSettings(port=int(sys.argv[1]), loop=sys.argv[2] if len(sys.argv) > 2 else "auto",
+                              engine=sys.argv[3] if len(sys.argv) > 3 else "hypercorn")
     with asyncio.Runner(loop_factory=loop_factory(settings)) as runner:
-        runner.run(serve(app, hypercorn_config(settings)))  # SIGTERM/SIGINT: hypercorn's graceful shutdown
+        runner.run(main(settings))

@@ -131,7 +131,7 @@ class UvicornEngine:
         try:
             await _Server(config, shutdown, server.request_timeout).serve(sockets=sockets)
         except SystemExit:  # uvicorn's way of saying the lifespan startup failed
-            raise StartupFailed(app.startup_failure or "the application did not start") from None
+            raise StartupFailed(getattr(app, "startup_failure", None) or "the application did not start") from None
 
 
 ENGINE = UvicornEngine()
