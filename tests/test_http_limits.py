@@ -155,3 +155,14 @@ def test_expect_100_continue_within_the_limit_gets_100_then_the_answer(webhookbu
         status, headers, _ = read_response(sock)
     assert status == 200 and headers["x-request-id"] and headers["content-length"] == "0"
     assert len(read_topic(kafka_broker.bootstrap, topic, 1)) == 1
+
+
+def test_a_malformed_request_gets_400_and_the_connection_closes(webhookbus_listener, topic_name, webhookbus_engine):
+    listener = webhookbus_listener(settings(topic_name()))
+    with connect(listener.port) as sock:
+        sock.sendall(b"POST /webhooks/demo HTTP/1.1\r\nhost: x\r\nbad header line\r\n\r\n")
+        status, headers, reply = read_response(sock)
+        assert status == 400 and headers["content-length"] == str(len(reply))
+        if webhookbus_engine == "uvicorn":  # hypercorn's h11 writes its own bare 400
+            assert json.loads(reply)["error"] == "bad_request" and headers["x-request-id"]
+        assert sock.recv(1) == b"", "closed after the answer"
