@@ -140,6 +140,26 @@ def test_close_flushes_what_was_submitted(own_broker, topic_name, kafka_client):
     assert values(own_broker.bootstrap, topic, 6) == [b"s0", b"s1", b"s2", b"s3", b"s4", b"warm"]
 
 
+@pytest.mark.skipif(not CONFLUENT_INSTALLED, reason="confluent-kafka not installed")
+def test_a_key_lands_on_the_same_partition_whichever_client_published_it(kafka_broker, topic_name):
+    """Workers moving from one client to the other must keep each key's records in one partition."""
+    keys = [f"user-{n}".encode() for n in range(12)]
+    partitions: dict[str, dict[bytes, int]] = {}
+    for client in ("kafka-python", "confluent"):
+        topic = topic_name(f"keys-{client}")
+
+        async def main() -> None:
+            publisher = await started(KafkaSettings(bootstrap_servers=[kafka_broker.bootstrap], client=client))
+            for key in keys:
+                await publisher.publish(records(topic, key.decode(), key=key), 10)
+            await publisher.close(5)
+
+        asyncio.run(main())
+        partitions[client] = {r.key: r.partition for r in read_topic(kafka_broker.bootstrap, topic, len(keys))}
+    assert len(set(partitions["kafka-python"].values())) > 1, "the topic has several partitions"
+    assert partitions["confluent"] == partitions["kafka-python"]
+
+
 # -- kafka.client and kafka.producer -------------------------------------------------------
 
 def test_auto_picks_confluent_when_installed_and_kafka_python_otherwise(monkeypatch):

@@ -110,6 +110,10 @@ def librdkafka_config(settings: KafkaSettings) -> dict[str, Any]:
         "request.timeout.ms": 10_000,
         # A broker's local socket: Nagle would hold small produce requests for the peer's delayed ACK.
         "socket.nagle.disable": True,
+        # kafka-python's (and Java's) partitioner: a key lands on the same partition whichever
+        # client published it (librdkafka's default hashes with CRC32), so per-key order holds
+        # while workers or instances move from one client to the other.
+        "partitioner": "murmur2_random",
         # librdkafka logs each failed connection attempt as an error; its error callback already
         # tells webhookbus (one warning per change, ConfluentPublisher): keep only its critical lines.
         "log_level": 2,
