@@ -218,25 +218,43 @@ def test_every_translated_option_is_a_librdkafka_property_it_accepts(tmp_path):
     assert defaults["message.timeout.ms"] == 15000, "kafka-python's delivery_timeout_ms default, the same bound"
 
 
-def test_a_key_lands_in_the_partition_java_clients_choose(kafka_broker, topic_name, kafka_client):
-    """murmur2, as the Java producer and kafka-python: switching kafka.client keeps a subject's partition."""
-    from kafka.admin import KafkaAdminClient, NewTopic
-    from kafka.partitioner.default import murmur2
+@pytest.mark.skipif(not CONFLUENT_INSTALLED, reason="confluent-kafka is not installed")
+def test_the_poll_thread_outlives_an_error_and_the_producer_is_replaced(kafka_broker, topic_name):
+    """An exception out of poll() (a fatal producer, a callback's bug) used to end the poll thread:
+    no batch was answered again, and their requests kept their dedup claims for good."""
+    from confluent_kafka import KafkaError, KafkaException
 
-    topic = topic_name("keyed")
-    admin = KafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap)
-    try:
-        admin.create_topics([NewTopic(topic, num_partitions=4, replication_factor=1)])
-    finally:
-        admin.close()
-    keys = [f"user-{n}".encode() for n in range(16)]
+    topic = topic_name("poll")
+
+    class RaisesOnce:
+        """The real producer, whose next poll() raises once."""
+
+        def __init__(self, real: object) -> None:
+            self.real, self.raised = real, False
+
+        def poll(self, timeout: float) -> int:
+            if not self.raised:
+                self.raised = True
+                raise KafkaException(KafkaError(KafkaError._FATAL))
+            return self.real.poll(timeout)  # type: ignore[attr-defined]
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.real, name)
+
+        def __len__(self) -> int:
+            return len(self.real)  # type: ignore[arg-type]
 
     async def main() -> None:
-        publisher = await started(KafkaSettings(bootstrap_servers=[kafka_broker.bootstrap], client=kafka_client))
-        await publisher.publish([KafkaMessage(topic, key, key, [], "r") for key in keys], 10)
+        publisher = await started(KafkaSettings(bootstrap_servers=[kafka_broker.bootstrap], client="confluent"))
+        await publisher.publish(records(topic, "before"), 10)
+        flaky = publisher._producer = RaisesOnce(publisher._producer)  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 10
+        while not flaky.raised:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        await publisher.publish(records(topic, "after"), 10)
+        assert publisher._producer is not flaky, "the producer whose poll failed was replaced"  # type: ignore[attr-defined]
         await publisher.close(5)
 
     asyncio.run(main())
-    found = {record.key: record.partition for record in read_topic(kafka_broker.bootstrap, topic, len(keys))}
-    assert found == {key: (murmur2(key) & 0x7FFFFFFF) % 4 for key in keys}
-    assert len(set(found.values())) > 1, "the keys were meant to spread over partitions"
+    assert values(kafka_broker.bootstrap, topic, 2) == [b"after", b"before"]

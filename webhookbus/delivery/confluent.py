@@ -31,12 +31,17 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from webhookbus.config import KafkaSettings
+from webhookbus.log import where
 from webhookbus.metrics import Metrics
 from webhookbus.delivery.options import librdkafka_config
 from webhookbus.delivery.publish import BatchPublisher
 from webhookbus.delivery.records import QUEUED, SENDING, Batch
 
 log = logging.getLogger("webhookbus.publish")
+
+
+class _LoopClosed(Exception):
+    """The event loop is gone: the poll thread has nobody left to report to."""
 
 POLL_WAIT = 0.05  # seconds the poll thread blocks in librdkafka when nothing happens
 PROBE_EVERY = 1.0  # seconds between metadata requests while no broker answered
@@ -180,26 +185,49 @@ class ConfluentPublisher(BatchPublisher):
     # -- on the poll thread (and librdkafka's callbacks, which poll() runs) --------------
 
     def _poll(self) -> None:
+        """The poll thread.  It must outlive whatever librdkafka or a callback raises: without it
+        no batch is ever answered again, and their requests keep their dedup claims for good."""
         probe_at = 0.0
         while not self._stopping.is_set():
-            self._producer.poll(POLL_WAIT)
-            if self._retiring:
-                self._retire_all()
-            now = time.monotonic()
-            if not self._connected and now >= probe_at:
-                probe_at = now + PROBE_EVERY
-                self._probe()
-            elif self._in_flight and now - self._progress_at > self._stall_after \
-                    and self._failed_generation != self._generation:
-                log.warning("Kafka producer made no progress", extra={"seconds": round(now - self._progress_at, 1),
-                                                                      "records_in_flight": self._in_flight})
+            try:
+                probe_at = self._poll_once(probe_at)
+            except _LoopClosed:  # the process is stopping
+                return
+            except Exception as exc:
+                log.error("Kafka poll failed; replacing the producer", extra={"reason": where(exc)})
                 self._failed_generation = self._generation
-            if (self._reports or self._failed_generation == self._generation) and not self._drain_due:
-                self._drain_due = True
                 try:
-                    self._loop.call_soon_threadsafe(self._drain)  # type: ignore[union-attr]
-                except RuntimeError:  # the loop is closed: the process is stopping
+                    self._wake_loop()  # the loop replaces the producer, as after a fatal error
+                except _LoopClosed:
                     return
+                time.sleep(POLL_WAIT)
+
+    def _poll_once(self, probe_at: float) -> float:
+        self._producer.poll(POLL_WAIT)
+        if self._retiring:
+            self._retire_all()
+        now = time.monotonic()
+        if not self._connected and now >= probe_at:
+            probe_at = now + PROBE_EVERY
+            self._probe()
+        elif self._in_flight and now - self._progress_at > self._stall_after \
+                and self._failed_generation != self._generation:
+            log.warning("Kafka producer made no progress", extra={"seconds": round(now - self._progress_at, 1),
+                                                                  "records_in_flight": self._in_flight})
+            self._failed_generation = self._generation
+        if self._reports or self._failed_generation == self._generation:
+            self._wake_loop()
+        return probe_at
+
+    def _wake_loop(self) -> None:
+        """Have the loop run :meth:`_drain` once for everything reported so far."""
+        if self._drain_due:
+            return
+        self._drain_due = True
+        try:
+            self._loop.call_soon_threadsafe(self._drain)  # type: ignore[union-attr]
+        except RuntimeError:
+            raise _LoopClosed from None
 
     def _probe(self) -> None:
         try:
@@ -211,15 +239,13 @@ class ConfluentPublisher(BatchPublisher):
     def _retire_all(self) -> None:
         """Purge replaced producers: every record they held is reported failed, then they go."""
         while self._retiring:
-            producer = self._retiring[0]
+            producer = self._retiring.pop(0)  # gone even if purging it fails (a fatal producer may refuse)
             producer.purge()
             producer.flush(1.0)  # serves the purged records' reports
             if len(producer):
                 log.warning("a replaced Kafka producer still holds records", extra={"records": len(producer)})
-            self._retiring.pop(0)
-        if self._reports and not self._drain_due and self._loop is not None and not self._loop.is_closed():
-            self._drain_due = True
-            self._loop.call_soon_threadsafe(self._drain)
+        if self._reports and self._loop is not None and not self._loop.is_closed():
+            self._wake_loop()
 
     def _set_connected(self, connected: bool, replaced: str | None = None) -> None:
         self._connected = connected

@@ -120,10 +120,6 @@ def librdkafka_config(settings: KafkaSettings) -> dict[str, Any]:
         "log.connection.close": False,
         # kafka-python's max_request_size default, which Delivery checks records against (413).
         "message.max.bytes": 1_048_576,
-        # Keyed records go to the partition the Java client and kafka-python choose (murmur2), not
-        # librdkafka's default CRC32: switching kafka.client (or a Java producer on the same topic)
-        # must not move a subject's events to another partition, which would break their order.
-        "partitioner": "murmur2_random",
         # The bound is webhookbus's own (max_in_flight_records, which lets a batch in alone
         # when nothing is in flight); librdkafka's, twice as high, is only a backstop.
         "queue.buffering.max.messages": 2 * settings.max_in_flight_records,
