@@ -239,10 +239,6 @@ def test_a_copy_given_up_at_the_deadline_stays_claimed_across_instances(tmp_path
     answered 503 again instead of publishing a second copy; in the end the event is on Kafka once."""
     topic = topic_name("late")
     config = settings(topic, redis_server.url, on_broker_timeout="reject", publish_timeout=1.0)
-    # kafka-python: with confluent-kafka, a record in flight across this broker restart (tansu in
-    # memory: the producer id's sequence is lost) ends in a FATAL OUT_OF_ORDER_SEQUENCE_NUMBER that
-    # stops ConfluentPublisher's poll thread, and the record is never answered for (reported).
-    config["kafka"]["client"] = "kafka-python"
     a, b = (ServerProcess(config, own_broker.bootstrap, tmp_path / name).start() for name in "ab")
     try:
         provider, data, event_id = uip(f"late-{uuid.uuid4().hex[:8]}")
