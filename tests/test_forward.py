@@ -189,8 +189,9 @@ def test_records_read_while_stop_decides_are_left_in_the_spool_not_sent(tmp_path
     def read_while_stopping(position, want):
         found = read(position, want)
         if not stopper:
-            stopper.append(threading.Thread(target=forwarder.stop, args=(1,)))
-            stopper[0].start()
+            stopping = threading.Thread(target=forwarder.stop, args=(1,))
+            stopping.start()
+            stopper.append(stopping)  # only once started: the test joins it as soon as it is listed
             wait_until(lambda: forwarder._draining)
         return found
 
