@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=10.0)
     parser.add_argument("--every", type=float, default=10.0, help="seconds between RSS samples")
     parser.add_argument("--max-growth-mb", type=float, default=8.0, help="allowed RSS growth after the first minute")
+    parser.add_argument("--kafka-client", default="kafka-python", choices=["auto", "kafka-python", "confluent"],
+                        help="kafka.client (kafka-python runs in a producer process of its own, confluent in the listener)")
     parser.add_argument("--port", type=int, default=None, help="the listener's port (default: a free one)")
     parser.add_argument("--broker-port", type=int, default=None, help="the broker's port (default: a free one)")
     args = parser.parse_args(argv)
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="webhookbus-stall-"))
     settings = {
         "server": {"graceful_timeout": 5},
-        "kafka": {"publish_timeout": PUBLISH_TIMEOUT},
+        "kafka": {"publish_timeout": PUBLISH_TIMEOUT, "client": args.kafka_client},
         "providers": {"stall": provider(PATH)},
         "routes": [{"topic": TOPIC}],
         # The dedup store grows by design (~100 B per event id) up to this bound, which the
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     samples: list[tuple[float, float, float]] = []
     try:
         asyncio.run(load(server.port, PATH, args.rate, args.warmup, results, f"{run}-warm"))
-        producer = children(listener)[0]
+        producer = next(iter(children(listener)), None)  # none: the client runs in the listener
         note(f"warm-up done: {results.requests} requests; SIGSTOP the broker for {args.stall:g} s")
         os.kill(broker.process.pid, signal.SIGSTOP)  # type: ignore[union-attr]
         stall_started = time.monotonic()
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         async def sample() -> None:
             while True:
                 t = time.monotonic() - stall_started
-                listener_mb, producer_mb = rss_mb(listener), rss_mb(producer)
+                listener_mb, producer_mb = rss_mb(listener), rss_mb(producer) if producer else 0.0
                 samples.append((t, listener_mb, producer_mb))
                 note(f"t={t:5.0f}s listener_rss_mb={listener_mb:6.1f} producer_rss_mb={producer_mb:6.1f} "
                      f"requests={results.requests}")
