@@ -246,7 +246,9 @@ class KafkaSettings(_Section):
     def _client_takes_the_options(self) -> KafkaSettings:
         if self.client == "confluent" and importlib.util.find_spec("confluent_kafka") is None:
             raise ValueError("client confluent: confluent-kafka is not installed: pip install 'webhookbus[fast]', or use client: auto")
-        if self.client_in_use == CONFLUENT and (refused := untranslatable(self.producer)):
+        if self.client_in_use != CONFLUENT:  # librdkafka has every codec built in
+            _check_codec_installed(self.producer.get("compression_type"))
+        elif refused := untranslatable(self.producer):
             raise ValueError(f"kafka.producer options the {self.client!r} client (confluent-kafka) cannot honour: "
                              f"{'; '.join(refused)}; remove them or set kafka.client: kafka-python")
         return self
@@ -279,12 +281,16 @@ _PRODUCER_OBJECTS = frozenset({"key_serializer", "value_serializer", "partitione
 
 
 def _check_compression(codec: Any) -> None:
-    """A codec kafka-python does not know, or whose library is not installed, kills the producer at start."""
+    """A codec kafka-python does not know kills the producer at start."""
+    if codec not in (None, "gzip", "snappy", "lz4", "zstd"):
+        raise ValueError(f"compression_type {codec!r} is not one of gzip, snappy, lz4, zstd")
+
+
+def _check_codec_installed(codec: Any) -> None:
+    """kafka-python compresses with Python libraries: one not installed kills its producer at start."""
     from kafka.codec import has_gzip, has_lz4, has_snappy, has_zstd
 
     available = {None: True, "gzip": has_gzip(), "snappy": has_snappy(), "lz4": has_lz4(), "zstd": has_zstd()}
-    if codec not in available:
-        raise ValueError(f"compression_type {codec!r} is not one of gzip, snappy, lz4, zstd")
     if not available[codec]:
         package = {"snappy": "python-snappy", "lz4": "lz4", "zstd": "zstandard"}[codec]
         raise ValueError(f"compression_type {codec}: its library is not installed (pip install {package}), or use gzip")
