@@ -22,6 +22,8 @@ def example_settings(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str
     Each ``env:`` secret becomes a random ``literal:`` value and each ``file:`` secret a new
     key file, so no environment variable or working directory changes; TruValidate's
     platform key is the public half of the published dev key, which the samples sign with.
+    The admin listener takes a free port: the example's fixed 9090 is taken whenever a
+    ``make run`` or another checkout's tests use it.
     """
     keys = tmp_path_factory.mktemp("example-keys")
     settings = yaml.safe_load(EXAMPLE.read_text())
@@ -50,6 +52,8 @@ def example_settings(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str
             route["pii"]["hash_key"] = f"file:{keys / 'pii-hash-key'}"
             values.append(value.encode())
     settings.get("kafka", {}).pop("bootstrap_servers", None)
+    if "admin" in settings:  # 9090 is `make run`'s (or another test run's) on a shared machine
+        settings["admin"] = {**settings["admin"], "port": 0}
     return settings, values
 
 

@@ -251,3 +251,20 @@ def test_a_killed_runs_metrics_directory_is_removed_by_the_next_run():
         assert ours.name.startswith(f"webhookbus-metrics-{os.getpid()}-") and ours.is_dir()
     finally:
         remove_directory(ours)
+
+
+def test_a_listener_whose_admin_port_is_taken_fails_with_the_reason_not_a_timeout(kafka_broker, topic_name):
+    """The test listener raises the startup error itself: it used to wait 10 s for the port and
+    then report only 'nothing listens' (how a taken 9090 looked like a slow start)."""
+    import socket
+
+    from webhookbus.http.server import ListenError
+    from webhookbus.testing.listener import Listener
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        listener = Listener(settings(topic_name("admin-taken"), taken.getsockname()[1]), kafka_broker.bootstrap, free_port())
+        with pytest.raises(ListenError, match="admin.port"):
+            listener.__enter__()
+        listener.stop()

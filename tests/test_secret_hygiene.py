@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import socket
 
 from webhookbus.log import JsonFormatter
 from webhookbus.testing import read_topic
@@ -77,3 +78,17 @@ def test_no_secret_value_reaches_logs_responses_or_kafka(webhookbus_listener, ka
         for form in forms(secret):
             leaks = [output[:200] for output in outputs if form in output]
             assert not leaks, f"a secret appeared in: {leaks[0]!r}"
+
+
+def test_the_example_listener_starts_while_the_examples_admin_port_is_taken(webhookbus_listener, example_settings):
+    """A ``make run`` (or another checkout's tests) holding 9090 must not stop the example from
+    starting in tests: that was the 'listener took 12-15 s to listen' of full-suite runs."""
+    settings, _ = example_settings
+    with socket.socket() as taken:
+        try:
+            taken.bind(("127.0.0.1", 9090))
+            taken.listen()
+        except OSError:  # someone holds it already: the situation this test sets up
+            pass
+        listener = webhookbus_listener(settings)
+    assert listener.post("/webhooks/demo", b"{}", {}).status == 401

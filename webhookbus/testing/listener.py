@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import socket
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +16,15 @@ import yaml
 
 from webhookbus.config import Config, parse_config
 from webhookbus.http.server import serve
-from webhookbus.testing.broker import free_port, wait_for_port
+from webhookbus.testing.broker import free_port
+
+
+def accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 @dataclass
@@ -68,6 +78,7 @@ class Listener:
             settings["spool"] = {**settings.get("spool", {}), "directory": self._spool.name}
         self.config = parse_config(yaml.safe_dump(settings), "<test config>")
         ready = threading.Event()
+        failed: list[BaseException] = []
 
         def run() -> None:
             async def main() -> None:
@@ -77,12 +88,22 @@ class Listener:
                 assert self.config is not None
                 await serve(self.config, self._stop)
 
-            asyncio.run(main())
+            try:
+                asyncio.run(main())
+            except BaseException as exc:  # raised by __enter__ (the thread would only print it)
+                failed.append(exc)
 
         self._thread = threading.Thread(target=run, name=f"listener-{self.port}", daemon=True)
         self._thread.start()
         ready.wait(10)
-        wait_for_port(self.port)
+        deadline = time.monotonic() + 10
+        while not accepts(self.port):
+            if not self._thread.is_alive():
+                self._thread = None
+                raise failed[0] if failed else RuntimeError("the listener stopped before it listened")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the listener does not listen on 127.0.0.1:{self.port} after 10 s")
+            time.sleep(0.02)
         return self
 
     def __exit__(self, *_: object) -> None:
