@@ -124,7 +124,8 @@ def test_make_run_prints_a_working_curl_for_every_configured_provider(tmp_path):
     """`webhookbus dev` on the example config: every provider's sample request is accepted."""
     config = ROOT / "config" / "webhookbus.yaml"
     providers = yaml.safe_load(config.read_text())["providers"]
-    env = {**os.environ, "WEBHOOKBUS_SERVER__PORT": str(free_port())}
+    # The example's fixed ports (8080, its admin 9090) are `make run`'s, or another run's, on a shared machine.
+    env = {**os.environ, "WEBHOOKBUS_SERVER__PORT": str(free_port()), "WEBHOOKBUS_ADMIN__PORT": str(free_port())}
     env = {name: value for name, value in env.items() if not name.endswith(("_SECRET", "_SECRET_OLD"))}
     process = subprocess.Popen(
         [sys.executable, "-m", "webhookbus.cli", "dev", "--config", str(config), "--broker-port", str(free_port())],
