@@ -7,6 +7,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ import yaml
 
 from webhookbus.cli import main
 from webhookbus.testing import free_port, post, read_topic
+from webhookbus.testing.broker import wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 UIP_SECRET = "uip-secret-for-cli-tests"
@@ -306,6 +308,43 @@ def test_dev_on_an_occupied_broker_port_says_so(occupied_port, tmp_path):
     assert result.returncode == 2, result.stderr
     assert f"cannot start the broker on 127.0.0.1:{occupied_port}: address already in use" in result.stderr
     assert "Traceback" not in result.stderr and "curl" not in result.stdout
+
+
+def test_dev_on_broker_port_0_starts_the_broker_on_a_free_port(tmp_path):
+    config = tmp_path / "webhookbus.yaml"
+    listener_port = free_port()
+    config.write_text(yaml.safe_dump({"server": {"host": "127.0.0.1", "port": listener_port}}))
+    env = {name: value for name, value in os.environ.items() if not name.startswith("WEBHOOKBUS_")}
+    process = subprocess.Popen([sys.executable, "-m", "webhookbus.cli", "dev", "--config", str(config), "--broker-port", "0"],
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = iter(process.stdout.readline, "")  # type: ignore[union-attr]
+        first = next((line for line in lines if not line.startswith("created development key")), "")
+        assert first.startswith("broker on 127.0.0.1:"), first
+        port = int(first.split()[2].rstrip(";").rsplit(":", 1)[1])
+        assert port != 0
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        wait_for_port(listener_port, 30)  # SIGTERM once the listener handles it
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0
+    assert "Traceback" not in process.stderr.read()  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("port", ["-1", "70000"])
+def test_dev_on_a_broker_port_out_of_range_is_one_line_and_exit_2(port, tmp_path):
+    config = tmp_path / "webhookbus.yaml"
+    config.write_text(yaml.safe_dump({"server": {"host": "127.0.0.1", "port": free_port()}}))
+    env = {name: value for name, value in os.environ.items() if not name.startswith("WEBHOOKBUS_")}
+    result = subprocess.run([sys.executable, "-m", "webhookbus.cli", "dev", "--config", str(config), "--broker-port", port],
+                            check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr == f"webhookbus: cannot start the broker on port {port}: not a port (0-65535; 0 for any free one)\n"
 
 
 def test_a_broker_on_an_occupied_port_is_refused_not_taken_for_ours(occupied_port):

@@ -297,7 +297,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
         policy = load_policy(args.policy) if args.policy else None
     except ValueError as exc:
         return _fail(f"--policy: {exc}")
-    broker = Broker(port=args.broker_port)
+    try:
+        broker = Broker(port=args.broker_port)
+    except BrokerError as exc:
+        return _fail(str(exc))
     stop_policy = threading.Event()
     os.environ["WEBHOOKBUS_KAFKA__BOOTSTRAP_SERVERS"] = broker.bootstrap
     config = _load(args.config)
@@ -375,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--config", default=DEFAULT_CONFIG)
     for sub in (serve, dev):
         sub.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
-    dev.add_argument("--broker-port", type=int, default=9092)
+    dev.add_argument("--broker-port", type=int, default=9092, help="the local broker's port; 0 for any free one")
     dev.add_argument("--policy", help="path/file.py:function answering the routes with reply (webhookbus.reply)")
     sign = command("sign", cmd_sign, "print (or --send) a correctly signed sample request for a provider")
     tail = command("tail", cmd_tail, "print the CloudEvents published on a topic")

@@ -66,10 +66,19 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
 
 @dataclass
 class Broker:
-    """A tansu process; ``stop()``/``start()`` simulate an outage (memory storage: data is lost)."""
+    """A tansu process; ``stop()``/``start()`` simulate an outage (memory storage: data is lost).
+
+    ``port`` 0 is a free port, chosen here: tansu cannot be asked which one it bound, and
+    clients need the advertised address before it starts."""
 
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise BrokerError(f"cannot start the broker on port {self.port}: not a port (0-65535; 0 for any free one)")
+        if self.port == 0:
+            self.port = free_port()
 
     @property
     def bootstrap(self) -> str:
@@ -94,6 +103,9 @@ class Broker:
         except ChildProcessError as exc:
             self.stop()
             raise BrokerError(f"the broker {exc} (port taken meanwhile?)") from None
+        except TimeoutError as exc:
+            self.stop()
+            raise BrokerError(f"the broker did not start: {exc}") from None
         except BaseException:
             self.stop()
             raise
