@@ -13,6 +13,7 @@ import runpy
 import signal
 import subprocess
 import sys
+import socket
 import threading
 import time
 import uuid
@@ -378,3 +379,28 @@ def test_a_decision_that_is_not_json_costs_its_request_the_reply_not_the_respond
     assert running.post(PATH, *authgear_request()).json() == ALLOW
     assert [r.decision for r in decision_lines(caplog)] == ["fallback", "reply"]
     assert [r for r in caplog.records if r.name == "webhookbus.reply" and r.getMessage().startswith("no reply")]
+
+
+def test_a_request_held_past_hypercorns_read_timeout_still_gets_its_status(webhookbus_listener, topic_name):
+    """hypercorn's read_timeout also runs while the app works after the body's last byte; on a
+    timeout hypercorn 0.18 only tells the app the client went (http.disconnect) and still
+    writes the app's answer. Held longer than that timeout, on a raw socket: the status arrives."""
+    from webhookbus.config import ServerSettings
+    from webhookbus.http.engines.hypercorn_engine import hypercorn_config
+
+    server = {"request_timeout": 0.5}
+    read_timeout = hypercorn_config(ServerSettings(**server)).read_timeout
+    held = read_timeout + 1.0
+    running = webhookbus_listener({**config(topic_name("held"), topic_name("replies"), timeout=held), "server": server})
+    wait_ready(running.port)
+    body, headers = authgear_request()
+    head = f"POST {PATH} HTTP/1.1\r\nHost: test\r\nContent-Length: {len(body)}\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
+    with socket.create_connection(("127.0.0.1", running.port), timeout=held + 10) as client:
+        client.sendall(head.encode() + body)
+        started, answer = time.monotonic(), b""
+        while b"\r\n\r\n" not in answer and (chunk := client.recv(65536)):
+            answer += chunk
+        waited = time.monotonic() - started
+    assert waited > read_timeout, "the request was held past hypercorn's read_timeout"
+    assert answer.startswith(b"HTTP/1.1 200"), answer

@@ -46,6 +46,9 @@ def hypercorn_config(server: ServerSettings, tls: ssl.SSLContext | None = None) 
     # Slow clients (slowloris) and a head that never completes.  Past the app's own body deadline
     # (request_timeout plus its sweep's lateness, see webhookbus.http.deadlines), so that a late
     # body gets the app's 408 rather than a dropped connection.  Whole seconds: int(0.5) would be 0.
+    # It runs after the body too, while the app works (a held hook, a publish wait), but a timeout
+    # there costs no answer: hypercorn (0.18) sends the app http.disconnect and still writes its
+    # response (tests/test_replies.py holds a request past it on a raw socket).
     config.read_timeout = math.ceil(server.request_timeout * 1.25) + 1
     config.h11_max_incomplete_size = MAX_HEAD_BYTES
     config.keep_alive_timeout = KEEP_ALIVE_TIMEOUT
