@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import yaml
 from webhookbus.cli import main
 from webhookbus.testing import free_port, post, read_topic
 from webhookbus.testing.broker import wait_for_port
+from webhookbus.testing.process import terminate
 
 ROOT = Path(__file__).resolve().parent.parent
 UIP_SECRET = "uip-secret-for-cli-tests"
@@ -153,12 +153,7 @@ def test_make_run_prints_a_working_curl_for_every_configured_provider(tmp_path):
         assert statuses == dict.fromkeys(providers, 200)
         assert (tmp_path / ".dev" / "truvalidate" / "service.pem").stat().st_mode & 0o077 == 0
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        terminate(process)
 
 
 def test_plugins_lists_every_plugin_with_its_options(capsys):
@@ -326,12 +321,7 @@ def test_dev_on_broker_port_0_starts_the_broker_on_a_free_port(tmp_path):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
         wait_for_port(listener_port, 30)  # SIGTERM once the listener handles it
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        terminate(process)
     assert process.returncode == 0
     assert "Traceback" not in process.stderr.read()  # type: ignore[union-attr]
 

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import runpy
-import signal
 import subprocess
 import sys
 import socket
@@ -29,6 +28,7 @@ from webhookbus.config import ConfigError, parse_config
 from webhookbus.reply import serve
 from webhookbus.testing import free_port, post, read_topic
 from webhookbus.testing.broker import wait_for_port
+from webhookbus.testing.process import terminate
 from webhookbus.testing.samples import DEV_SECRETS as SECRETS_OF_MAKE_RUN
 from webhookbus.testing.samples import SIGNERS
 
@@ -319,12 +319,7 @@ def test_make_run_answers_sign_ups_with_the_example_policy(tmp_path: Path):
         assert answers == {"ada@example.com": ALLOW, "eve@blocked.test": {
             "is_allowed": False, "title": "Sign-up closed", "reason": "Addresses at blocked.test cannot sign up."}}
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        terminate(process)
 
 
 def test_a_process_whose_reply_partition_is_missing_is_not_ready_and_answers_with_the_fallback(

@@ -88,16 +88,25 @@ class ServerProcess:
     def terminate(self, timeout: float = 60.0) -> int:
         """SIGTERM and wait for the graceful shutdown; returns the exit status."""
         assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-                self.process.wait()
-            self.process = None
+        process, self.process = self.process, None
+        status = terminate(process, timeout)
+        if status is None:
+            raise subprocess.TimeoutExpired(process.args, timeout)
+        return status
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.terminate()
         self.process = None
+
+
+def terminate(process: subprocess.Popen[Any], timeout: float = 30.0) -> int | None:
+    """SIGTERM, then ``timeout`` seconds for a graceful exit; the exit status, or None when it
+    had to be SIGKILLed.  Either way the process is gone (reaped) when this returns."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return None
