@@ -138,6 +138,9 @@ class Metrics:
                                      "Requests held for a Kafka consumer's decision (route reply), by provider and "
                                      "outcome: reply, or the fallback after invalid, timed_out, not_ready, duplicate.",
                                      ["provider", "outcome"], registry=registry)
+        self.handshakes = Counter("webhookbus_handshakes",
+                                  "Requests a verifier answered with a Reply (a handshake or challenge: no events), "
+                                  "by provider.", ["provider"], registry=registry)
         self.replies_dropped = Counter("webhookbus_replies_dropped",
                                        "Replies no request waited for: late, or not meant for this process.",
                                        registry=registry)
@@ -224,6 +227,10 @@ class Metrics:
     def held_request(self, provider: str, outcome: str) -> None:
         if self.enabled:
             self.held_requests.labels(provider, outcome).inc()
+
+    def handshake(self, provider: str) -> None:
+        if self.enabled:
+            self.handshakes.labels(provider).inc()
 
     def reply_dropped(self) -> None:
         if self.enabled:

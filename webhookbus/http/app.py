@@ -64,7 +64,6 @@ class WebhookBus:
         self.delivery = Delivery(config, publisher, self.metrics)
         self.publisher = self.delivery.publisher
         self.held = HeldRequests(config, worker, self.metrics)
-        self.handshakes: dict[str, int] = {}
         self._configure(config)
         self._stop_reloading: Callable[[], None] = lambda: None
         self._in_flight = 0
@@ -86,8 +85,6 @@ class WebhookBus:
         self._exact = {p.path: p for p in self._providers}
         self._methods = {p.name: accepted_methods(p.verifier) for p in self._providers}
         self._proxies = trusted(self.server)
-        self.handshakes = {name: self.handshakes.get(name, 0) for name in config.providers}
-        """Requests answered with a :class:`Reply` (handshakes, no events), per provider."""
         self.metrics.serving(config)
         self.activity.serving(config)
 
@@ -211,8 +208,7 @@ class WebhookBus:
             fields["secret_index"] = matched_secret_index.get()
         if isinstance(accepted, Reply):  # a handshake: nothing to publish, nothing to wait for
             fields["handshake"] = accepted.what
-            # .get: a reload may have removed the provider while this request was being verified.
-            self.handshakes[provider.name] = self.handshakes.get(provider.name, 0) + 1
+            self.metrics.handshake(provider.name)
             return accepted.response
         several = len(accepted.events) > 1
         events = [normalize(request, provider.settings.verifier, event, index if several else None)
