@@ -78,3 +78,47 @@ def test_a_field_cannot_break_a_line_for_readers_that_split_on_unicode_line_brea
     logger.warning("request", extra={"path": forged})
     [line] = stream.getvalue().splitlines()
     assert json.loads(line)["path"] == forged
+
+
+def test_request_lines_skip_the_log_record_only_when_no_other_handler_would_see_them():
+    # As `webhookbus serve` configures logging: the line log_fields writes directly is the one
+    # the record would have made (ts aside), and no LogRecord is built for it; with an operator's
+    # handler, a filter or a warning, the record goes through logging as usual.
+    script = """
+import json, logging, sys
+from webhookbus import log
+log.configure("INFO")
+records = []
+make = logging.getLogRecordFactory()
+logging.setLogRecordFactory(lambda *a, **k: records.append(a[1]) or make(*a, **k))
+request_log = logging.getLogger("webhookbus.http")
+fields = {"request_id": "r1", "path": "/x\\u2028", "events": ["e1"], "secret_index": None, "ms": 1.25}
+log.log_fields(request_log, logging.INFO, "request", dict(fields))
+request_log.info("request", extra=dict(fields))
+log.log_fields(request_log, logging.DEBUG, "request", dict(fields))
+print("direct", len(records), flush=True)
+log.log_fields(request_log, logging.WARNING, "request", dict(fields))
+print("warning", len(records), flush=True)
+request_log.addFilter(lambda record: True)
+log.log_fields(request_log, logging.INFO, "request", dict(fields))
+print("filtered", len(records), flush=True)
+request_log.filters.clear()
+seen = []
+handler = logging.Handler()
+handler.emit = seen.append
+logging.getLogger("webhookbus").addHandler(handler)
+log.log_fields(request_log, logging.INFO, "request", dict(fields))
+print("other handler", len(records), len(seen), flush=True)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    counts = [line.split()[-1] for line in result.stdout.splitlines()]
+    assert counts == ["1", "2", "3", "1"], result.stdout  # direct: only request_log.info built one
+    assert result.stdout.splitlines()[-1] == "other handler 4 1"
+    written = [json.loads(line) for line in result.stderr.splitlines()]
+    assert len(written) == 5, "the DEBUG line is dropped, every other one written once"
+    direct, via_record = written[0], written[1]
+    assert direct.pop("ts")[:10] == via_record.pop("ts")[:10]
+    assert direct == via_record == {"level": "info", "logger": "webhookbus.http", "msg": "request", "request_id": "r1",
+                                    "path": "/x\u2028", "events": ["e1"], "secret_index": None, "ms": 1.25}
+    assert "\\u2028" in result.stderr.splitlines()[0], "written as an escape, as the formatter does"

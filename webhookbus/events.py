@@ -48,6 +48,8 @@ def dotted_get(data: Any, path: str | None) -> Any:
 
 
 def rfc3339(moment: datetime) -> str:
+    if moment.tzinfo is timezone.utc:  # the usual case, without a conversion
+        return moment.isoformat().replace("+00:00", "Z")
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
@@ -104,16 +106,16 @@ def normalize(request: InboundRequest, verifier: str, event: ProviderEvent, inde
     Without an id of its own an event's id is the body's SHA-256; ``index`` (its place
     among several events of one request) keeps those ids apart, as source+id must be.
     """
-    fallback = hashlib.sha256(request.body).hexdigest() + ("" if index is None else f"-{index}")
+    received = rfc3339(request.received_at)
     return CloudEvent(
-        id=_text(event.id or fallback),
+        id=_text(event.id or hashlib.sha256(request.body).hexdigest() + ("" if index is None else f"-{index}")),
         source=request.provider,
         type=_text(f"{request.provider}.{event.name}"),
         subject=_text(event.subject) if event.subject else None,  # the SDK refuses an empty subject
         time=_event_time(event.time, request.received_at),
         data=event.data,
         extensions={**_extensions(verifier, event.extensions),
-                    "receivedtime": rfc3339(request.received_at), "verifier": verifier},
+                    "receivedtime": received, "verifier": verifier},
         raw_body=request.body,
         data_json=event.data_json,
     )
@@ -127,7 +129,7 @@ def _text(value: str) -> str:
     (a 500 forever).  Attributes are what consumers compare and key on, so they get a character
     every reader can take; the data keeps its surrogates (see :func:`_json`).
     """
-    return _SURROGATE.sub("\ufffd", value)
+    return value if value.isascii() else _SURROGATE.sub("\ufffd", value)
 
 
 def _event_time(moment: datetime | None, received_at: datetime) -> datetime:

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import TextIO
+from typing import Any, TextIO
 
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 FLUSH_INTERVAL = 0.2
@@ -35,21 +35,18 @@ class JsonFormatter(logging.Formatter):
         self._second, self._stamp = -1, ""
 
     def format(self, record: logging.LogRecord) -> str:
-        second = int(record.created)
+        fields = {key: value for key, value in record.__dict__.items() if key not in _STANDARD}
+        if record.exc_info and record.exc_info[1] is not None:
+            fields["error"] = where(record.exc_info[1])
+        return self.line(record.created, record.levelname, record.name, record.getMessage(), fields)
+
+    def line(self, created: float, level: str, logger: str, message: str, fields: dict[str, Any]) -> str:
+        """The one place a line is laid out: for a record, and for :func:`log_fields` without one."""
+        second = int(created)
         if second != self._second:
             self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        line = {
-            "ts": f"{self._stamp}.{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD:
-                line[key] = value
-        if record.exc_info and record.exc_info[1] is not None:
-            line["error"] = where(record.exc_info[1])
-        return self._encode(line)
+        return self._encode({"ts": f"{self._stamp}.{int((created - second) * 1000):03d}Z", "level": level.lower(),
+                             "logger": logger, "msg": message, **fields})
 
 
 class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -63,14 +60,23 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def emit(self, record: logging.LogRecord) -> None:  # called with self.lock held
         try:
-            self._pending.append(self.format(record) + "\n")
-            if record.levelno >= logging.WARNING or len(self._pending) >= 512:
-                self._write()
-            elif self._flusher is None or not self._flusher.is_alive():  # also after a fork
-                self._flusher = threading.Thread(target=self._flush_now_and_then, name="webhookbus-log", daemon=True)
-                self._flusher.start()
+            self._add(self.format(record), record.levelno)
         except Exception:
             self.handleError(record)
+
+    def _add(self, line: str, level: int) -> None:
+        self._pending.append(line + "\n")
+        if level >= logging.WARNING or len(self._pending) >= 512:
+            self._write()
+        elif len(self._pending) == 1 and (self._flusher is None or not self._flusher.is_alive()):  # also after a fork
+            self._flusher = threading.Thread(target=self._flush_now_and_then, name="webhookbus-log", daemon=True)
+            self._flusher.start()
+
+    def add_info(self, logger: str, message: str, fields: dict[str, Any]) -> None:
+        """An INFO line laid out as :meth:`emit` would, without a LogRecord."""
+        line = self.formatter.line(time.time(), "INFO", logger, message, fields)  # type: ignore[union-attr]
+        with self.lock:  # type: ignore[union-attr]
+            self._add(line, logging.INFO)
 
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]
@@ -86,6 +92,43 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         while True:
             time.sleep(self._interval)
             self.flush()
+
+
+def log_fields(logger: logging.Logger, level: int, message: str, fields: dict[str, Any]) -> None:
+    """``logger.log(level, message, extra=fields)``, for the line every request writes.
+
+    A LogRecord and the handler chain cost more than the line itself (bench/README.md): when
+    :func:`configure`'s handler is the only one that would see an INFO line, the line goes to
+    it directly.  Any other handler or filter on the way (an operator's, pytest's caplog)
+    gets the record as usual.
+    """
+    if not logger.isEnabledFor(level):
+        return
+    handler = _direct_handler(logger) if level == logging.INFO else None
+    if handler is None:
+        logger.log(level, message, extra=fields)
+    else:
+        handler.add_info(logger.name, message, fields)
+
+
+def _direct_handler(logger: logging.Logger) -> BatchingHandler | None:
+    """The root's :class:`BatchingHandler` when nothing else on the way to it handles or filters."""
+    node: logging.Logger | None = logger
+    while node is not None:
+        if node.filters or node.disabled:
+            return None
+        if node.handlers:
+            if node.parent is not None or len(node.handlers) != 1:
+                return None
+            handler = node.handlers[0]
+            if type(handler) is not BatchingHandler or handler.filters or type(handler.formatter) is not JsonFormatter \
+                    or logging.INFO < handler.level:
+                return None
+            return handler
+        if not node.propagate:
+            return None
+        node = node.parent
+    return None
 
 
 def where(exc: BaseException) -> str:

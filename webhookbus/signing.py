@@ -30,7 +30,7 @@ log line, so an operator sees when the old secret stops being used and can be re
 
 
 def hmac_digest(key: bytes, message: bytes, digest: Digest = "sha256") -> bytes:
-    return hmac.new(key, message, digest).digest()
+    return hmac.digest(key, message, digest)  # OpenSSL's one-shot HMAC: no Python-level HMAC object
 
 
 def decode_digest(text: str, encodings: Iterable[Encoding]) -> list[bytes]:

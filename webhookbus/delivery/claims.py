@@ -47,7 +47,8 @@ class Claim:
     provider: str
     expires: float  # unix seconds: now + the provider's window
     token: bytes = b""  # the shared store's mark on the ids it holds for this request
-    done: asyncio.Future[bool] | None = field(default=None, repr=False)
+    # The local store's requests waiting for this one's outcome (rare: a retry that came too soon).
+    waiters: list[asyncio.Future[bool]] = field(default_factory=list, repr=False)
 
 
 class Claims(Protocol):
@@ -77,36 +78,43 @@ class Claims(Protocol):
 
 
 class LocalClaims:
-    """One process's claims: futures for the ids in flight, the spool slot's file for the accepted."""
+    """One process's claims: the requests holding ids in flight, the spool slot's file for the accepted."""
 
     unavailable = 0
 
     def __init__(self, slot: Path, max_entries: int) -> None:
         self.store = DedupStore(slot, max_entries)
-        self._in_flight: dict[bytes, asyncio.Future[bool]] = {}
+        self._in_flight: dict[bytes, Claim] = {}
 
     async def claim(self, provider: str, keys: Sequence[bytes], window: float, wait: float | None) -> Claim:
-        while waits := {self._in_flight[key] for key in keys if key in self._in_flight}:
-            done, _ = await asyncio.wait(waits, timeout=wait)
+        in_flight = self._in_flight
+        while holders := {in_flight[key] for key in keys if key in in_flight}:
+            loop = asyncio.get_running_loop()
+            outcomes = [loop.create_future() for _ in holders]
+            for holder, outcome in zip(holders, outcomes):
+                holder.waiters.append(outcome)
+            done, _ = await asyncio.wait(outcomes, timeout=wait)
             if not done:
                 raise StillInFlight()
         # No await from here on: nobody else can claim these keys in between.
         now = time.time()
-        duplicates = frozenset(key for key in keys if self.store.seen(key, now))
-        held = [key for key in keys if key not in duplicates]
-        claim = Claim(held, duplicates, provider, now + window, done=asyncio.get_running_loop().create_future())
-        for key in held:
-            self._in_flight[key] = claim.done  # type: ignore[assignment]
+        seen = self.store.seen
+        duplicates = frozenset(key for key in keys if seen(key, now))
+        claim = Claim([key for key in keys if key not in duplicates], duplicates, provider, now + window)
+        for key in claim.held:
+            in_flight[key] = claim
         return claim
 
     def settle(self, claim: Claim, accepted: bool) -> None:
         if accepted:
             self.store.mark(claim.held, claim.expires)
+        in_flight = self._in_flight
         for key in claim.held:
-            if self._in_flight.get(key) is claim.done:
-                del self._in_flight[key]
-        assert claim.done is not None
-        claim.done.set_result(accepted)
+            if in_flight.get(key) is claim:
+                del in_flight[key]
+        for outcome in claim.waiters:
+            if not outcome.done():
+                outcome.set_result(accepted)
 
     def remembered(self) -> int:
         return len(self.store)

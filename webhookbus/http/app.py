@@ -23,7 +23,7 @@ from webhookbus.delivery.audit import RejectionAudit
 from webhookbus.config import Config, Provider
 from webhookbus.delivery.delivery import Delivery, EventTooLarge, Refused
 from webhookbus.events import normalize
-from webhookbus.log import where
+from webhookbus.log import log_fields, where
 from webhookbus.activity import Activity
 from webhookbus.metrics import Metrics, shared_directory
 from webhookbus.plugin import Accepted, InboundRequest, Reply, Response, WebhookError, accepted_methods
@@ -47,6 +47,9 @@ class HttpError(Exception):
     def __init__(self, status: int, error: str, detail: str, headers: list[tuple[bytes, bytes]] | None = None):
         super().__init__(detail)
         self.status, self.error, self.detail, self.headers = status, error, detail, headers or []
+
+
+_EMPTY_200 = Response(200, b"", "text/plain")
 
 
 def _json_response(status: int, payload: dict[str, Any]) -> Response:
@@ -155,7 +158,7 @@ class WebhookBus:
         level = logging.INFO if response.status < 400 else logging.WARNING
         probe = fields.pop("probe", None)
         if probe is None or response.status >= 400:
-            log.log(level, "request", extra=fields)
+            log_fields(log, level, "request", fields)
         if probe is None:
             self.metrics.answered(fields.get("provider", ""), response.status, elapsed)
             self.activity.answered(fields.get("provider"), response.status, fields)
@@ -227,7 +230,7 @@ class WebhookBus:
         finally:
             if hold is not None:
                 self.held.release(hold)
-        return accepted.response or Response(200, b"", "text/plain")
+        return accepted.response or _EMPTY_200
 
     async def _read_request(self, provider: Provider, scope: Scope, receive: Receive) -> InboundRequest:
         limit = self.server.max_body_bytes
