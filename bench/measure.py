@@ -82,6 +82,7 @@ class WrkRun:
     p999_ms: float
     max_ms: float
     next: int = 0  # the first request-file line this run did not use
+    low: int = 0  # the lowest wrk thread's position: lines below low - connections were all answered
     late: int = 0  # fixed rate only: sends that missed their slot by over 1 ms
     late_ms_max: float = 0.0
 
@@ -125,9 +126,24 @@ def parse_wrk(output: str) -> WrkRun:
         p999_ms=figures["p999_us"] / 1000,
         max_ms=figures["max_us"] / 1000,
         next=figures["next"],
+        low=figures.get("low", figures["next"]),
         late=figures.get("late", 0),
         late_ms_max=figures.get("late_ms_max", 0.0),
     )
+
+
+def surely_answered(runs: list[WrkRun], start: int, distinct: int, connections: int) -> int:
+    """How many of a request file's ``distinct`` lines the runs (consecutive phases from line
+    ``start``) certainly had answered.  When wrk stops, each connection may hold one line it
+    took and never finished: in flight, or formatted and never sent; the next phase starts after
+    it, so such a line is sent again only if the file wraps around to it.  Below a run's lowest
+    thread position less ``connections`` every line was answered."""
+    covered = bytearray(distinct)
+    for run in runs:
+        for line in range(start, max(start, run.low - connections)):
+            covered[line % distinct] = 1
+        start = run.next
+    return sum(covered)
 
 
 # -- the topic -----------------------------------------------------------------------

@@ -13,7 +13,7 @@ from kafka import KafkaProducer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-from measure import delivered_events, parse_wrk  # noqa: E402
+from measure import WrkRun, delivered_events, parse_wrk, surely_answered  # noqa: E402
 from run import MINIMAL, Result, median_of, ratios  # noqa: E402
 from signed import SECRET, event_ids, signed_requests, write_wrk_file  # noqa: E402
 
@@ -55,8 +55,23 @@ def test_wrk_report_line():
               '"timeout":2,"p50_us":1500,"p99_us":9000,"p999_us":12000,"max_us":15000,"next":2040,'
               '"late":3,"late_ms_sum":6.000,"late_ms_max":4.000}\n')
     run = parse_wrk(output)
-    assert (run.rps, run.accepted, run.errors, run.next) == (2000, 1995, 8, 2040)
+    assert (run.rps, run.accepted, run.errors, run.next, run.low) == (2000, 1995, 8, 2040, 2040)
+    assert parse_wrk(output.replace('"next":2040,', '"next":2040,"low":2031,')).low == 2031
     assert (run.p50_ms, run.p99_ms, run.p999_ms, run.late, run.late_ms_max) == (1.5, 9.0, 12.0, 3, 4.0)
+
+
+def test_a_wrapped_run_expects_only_the_lines_it_certainly_had_answered():
+    def run(next_line: int, low: int) -> WrkRun:
+        return WrkRun(requests=0, seconds=1, status_errors=0, socket_errors=0, p50_ms=0, p99_ms=0, p999_ms=0,
+                      max_ms=0, next=next_line, low=low)
+
+    # 100 lines, 4 connections.  Phase one took lines 0-59 (its slowest thread was at 58), so
+    # 0-53 were answered; phase two took 60-139 and wrapped onto lines 0-39: 60-135 answered.
+    # Lines 54-59 may never have been sent: at most 100 - 6 lines can be expected on the topic.
+    assert surely_answered([run(60, 58), run(140, 140)], 0, 100, 4) == 94
+    # Had phase two wrapped past them, they were sent again and answered.
+    assert surely_answered([run(60, 58), run(170, 170)], 0, 100, 4) == 100
+    assert surely_answered([run(3, 3)], 0, 100, 4) == 0
 
 
 def test_delivered_events_counts_records_and_distinct_event_ids(kafka_broker, topic_name):

@@ -3,7 +3,8 @@
 -- every line is a distinct event.  Thread t of THREADS sends lines START+t, START+t+THREADS...
 -- so no event is sent twice while the file lasts (past its end it wraps around).
 -- Requests are formatted once in init(); request() only hands out the next one.
--- done() prints one "WRK {json}" line for bench/run.py, with "next": the first unused line.
+-- done() prints one "WRK {json}" line for bench/run.py, with "next": the first unused line, and
+-- "low": the lowest thread's position (below low - connections, every line was answered).
 -- fixed_rate.lua reuses this file and adds fields through the global report_fields().
 
 threads = {}
@@ -37,14 +38,15 @@ end
 
 function done(summary, latency, requests)
   local e = summary.errors
-  local next = 0
+  local next, low = 0, nil
   for _, thread in ipairs(threads) do
     next = math.max(next, thread:get("position"))
+    low = math.min(low or thread:get("position"), thread:get("position"))
   end
   io.write(string.format(
     'WRK {"requests":%d,"duration_us":%d,"status_errors":%d,"connect":%d,"read":%d,"write":%d,' ..
-    '"timeout":%d,"p50_us":%d,"p99_us":%d,"p999_us":%d,"max_us":%d,"next":%d%s}\n',
+    '"timeout":%d,"p50_us":%d,"p99_us":%d,"p999_us":%d,"max_us":%d,"next":%d,"low":%d%s}\n',
     summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
-    latency:percentile(50), latency:percentile(99), latency:percentile(99.9), latency.max, next,
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9), latency.max, next, low or next,
     report_fields and report_fields() or ""))
 end
