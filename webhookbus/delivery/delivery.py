@@ -86,7 +86,8 @@ class Delivery:
         self.spool.start()
         self.publisher.start()
         window = min(2000, max(1, self.settings.kafka.max_in_flight_records // 2))
-        self.forwarder = Forwarder(self.spool, self.publisher, batch_records=min(500, window), window=window)
+        forwarder = partial(Forwarder, publisher=self.publisher, batch_records=min(500, window), window=window)
+        self.forwarder = forwarder(self.spool)
         self.forwarder.start()
         log.info("spool open", extra={"slot": str(self.spool.slot), "records_to_forward": self.spool.depth(),
                                       "event_ids_remembered": self.claims.remembered(),
@@ -99,8 +100,7 @@ class Delivery:
             except SpoolError:
                 continue  # its process is alive (or took it first)
             log.info("spool: forwarding what another process left", extra={"slot": str(slot), "records": orphan.depth()})
-            self.adopted.append(Forwarder(orphan, self.publisher, batch_records=min(500, window), window=window,
-                                          until_drained=True))
+            self.adopted.append(forwarder(orphan, until_drained=True))
             self.adopted[-1].start()
 
     async def close(self, timeout: float) -> None:
