@@ -305,6 +305,34 @@ def test_dev_on_an_occupied_broker_port_says_so(occupied_port, tmp_path):
     assert "Traceback" not in result.stderr and "curl" not in result.stdout
 
 
+def test_free_port_never_hands_out_the_same_port_twice(monkeypatch):
+    # The kernel may give a just-closed port to the next bind(0): a listener and its admin
+    # port picked one after the other then collided (a flaky test).  Here it always does.
+    from webhookbus.testing import broker
+
+    offered = iter([41001, 41001, 41001, 41002])
+
+    class Kernel:
+        def __init__(self) -> None:
+            self.port = next(offered)
+
+        def __enter__(self) -> "Kernel":
+            return self
+
+        def __exit__(self, *_: object) -> None:
+            pass
+
+        def bind(self, _address: object) -> None:
+            pass
+
+        def getsockname(self) -> tuple[str, int]:
+            return "127.0.0.1", self.port
+
+    monkeypatch.setattr(broker, "_handed_out", set())
+    monkeypatch.setattr(broker.socket, "socket", Kernel)
+    assert [broker.free_port(), broker.free_port()] == [41001, 41002]
+
+
 def test_dev_on_broker_port_0_starts_the_broker_on_a_free_port(tmp_path):
     config = tmp_path / "webhookbus.yaml"
     listener_port = free_port()

@@ -19,10 +19,22 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on now, and not one this process handed out before: the kernel
+    may give a closed port again at once, and two callers that bind later (a listener and its
+    admin port) then collided ("admin.port is server.port", a flaky test)."""
+    if len(_handed_out) > 10_000:  # a long session: forget the oldest choices rather than run dry
+        _handed_out.clear()
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1",
