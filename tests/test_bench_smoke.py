@@ -123,3 +123,14 @@ def test_blocking_hook_requests_are_user_pre_create_events_the_authgear_verifier
         assert accepted.events[0].name == "user.pre_create" and accepted.response is not None
         email = accepted.events[0].data["payload"]["user"]["standard_attributes"]["email"]
         assert email.endswith("@blocked.test") is (index == 0), "one in ten is for the policy to deny"
+
+
+def test_stages_times_every_step_of_a_request_that_is_accepted():
+    import subprocess
+
+    result = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "bench" / "stages.py"),
+                             "--count", "300"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    figures = dict(re.fullmatch(r"(.+?)\s+([\d.]+) us", line).groups() for line in result.stdout.splitlines())
+    assert len(figures) == 8 and all(float(us) > 0 for us in figures.values())
+    assert "Traceback" not in result.stderr
