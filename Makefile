@@ -33,10 +33,10 @@ test-deps:
 check: $(STAMP)
 	$(BIN)/webhookbus check --config $(CONFIG)
 
-# The load generator from Debian, the profiler into the venv, the Express baseline from npm.
+# The load generator from Debian, the profiler and mypyc (bench/compiled.py) into the venv, the Express baseline from npm.
 bench-deps: $(STAMP)
 	@command -v wrk >/dev/null || { apt-get update -q && apt-get install -y -q --no-install-recommends wrk; }
-	$(BIN)/pip install -q 'py-spy>=0.4'
+	$(BIN)/pip install -q 'py-spy>=0.4' 'mypy>=1.10'
 	cd bench/baselines/express && npm ci --no-audit --no-fund --loglevel=error
 
 # One run of every contender, side by side; BENCH_ARGS="--seconds 5" etc., see bench/README.md.

@@ -31,7 +31,7 @@ RESERVED_ATTRIBUTES = frozenset({"specversion", "id", "source", "type", "datacon
                                  REPLY_TOPIC, REPLY_PARTITION, CORRELATION_ID})
 # CloudEvents 1.0: "lower-case ASCII letters or digits, at most 20 characters".
 EXTENSION_NAME = re.compile(r"[a-z0-9]{1,20}")
-_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE = re.compile(f"[{chr(0xD800)}-{chr(0xDFFF)}]")  # not as literals: mypyc refuses them
 
 log = logging.getLogger("webhookbus.events")
 

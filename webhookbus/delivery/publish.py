@@ -81,8 +81,8 @@ class Publisher(Protocol):
     def submit(self, messages: Sequence[KafkaMessage], callback: Callable[[Batch], None] | None = None) -> Batch:
         """Publish from any thread without waiting; ``callback(batch)`` runs once all are answered."""
 
-    def when_done(self, batch: Batch, callback: Callable[[Batch], None]) -> None:
-        """Run ``callback(batch)`` once ``batch`` is answered for (now, if it already is)."""
+    def when_done(self, batch: Batch, callback: Callable[[Batch], object]) -> None:
+        """Run ``callback(batch)`` once ``batch`` is answered for (now, if it already is); what it returns is ignored."""
 
     def ready(self) -> tuple[bool, str]:
         """Whether a producer is connected; ``/readyz`` adds a live connection probe to the broker."""
@@ -124,16 +124,17 @@ class BatchPublisher:
         if not messages:
             return
         assert self._loop is not None, "Publisher.start() was not called"
-        batch = Batch(messages, self._loop.create_future())
+        future: asyncio.Future[None] = self._loop.create_future()
+        batch = Batch(messages, future)
         # One timer per request, cancelled by the answer (cheaper than asyncio.wait_for).
         batch.timer = self._loop.call_later(timeout, self._expire, batch, timeout)
         self._send(batch)
         if not self.metrics.enabled:
-            await batch.future
+            await future
             return
         started = time.perf_counter()
         try:
-            await batch.future
+            await future
         finally:
             self.metrics.publish_took(time.perf_counter() - started)
 
@@ -151,7 +152,7 @@ class BatchPublisher:
                 self._fail(batch, "publisher closed")
         return batch
 
-    def when_done(self, batch: Batch, callback: Callable[[Batch], None]) -> None:
+    def when_done(self, batch: Batch, callback: Callable[[Batch], object]) -> None:
         with self._lock:
             if batch.state != DONE:
                 batch.callbacks.append(callback)

@@ -55,7 +55,7 @@ class Batch:
     __slots__ = ("messages", "future", "callbacks", "pending", "failed", "error", "state", "id", "timer")
 
     def __init__(self, messages: Sequence[KafkaMessage], future: asyncio.Future[None] | None = None,
-                 callbacks: list[Callable[[Batch], None]] | None = None) -> None:
+                 callbacks: list[Callable[[Batch], object]] | None = None) -> None:
         self.messages = messages
         self.future = future
         self.callbacks = callbacks or []

@@ -30,7 +30,7 @@ from webhookbus.plugin import Accepted, InboundRequest, Reply, Response, Webhook
 from webhookbus.delivery.publish import Publisher, broker_reachable
 from webhookbus.http import reload
 from webhookbus.http.urls import BadForwardedHeader, request_url, trusted
-from webhookbus.delivery.replies import HeldRequests
+from webhookbus.delivery.replies import HeldRequests, Hold
 from webhookbus.http.deadlines import BodyDeadlines
 from webhookbus.signing import matched_secret_index
 
@@ -217,7 +217,7 @@ class WebhookBus:
         events = [normalize(request, provider.settings.verifier, event, index if several else None)
                   for index, event in enumerate(accepted.events)]
         fields["events"] = [event.id for event in events]
-        hold = self.held.hold(config.settings, provider, accepted, events, request.received_at)  # a consumer decides
+        hold: Hold | None = self.held.hold(config.settings, provider, accepted, events, request.received_at)  # a consumer decides
         try:
             await self.delivery.accept(provider, [event.id for event in accepted.events],
                                        events if hold is None else hold.events, fields, config)

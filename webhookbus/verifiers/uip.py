@@ -39,7 +39,7 @@ log = logging.getLogger("webhookbus.verifiers.uip")
 
 V1_SUBJECTS = ("data.uip_id", "data.signing_uip_id")
 V2_SUBJECTS = ("client_reference_id", "data.client_reference_id", "session_id", "data.session_id")
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_LONE_SURROGATE = re.compile(f"[{chr(0xD800)}-{chr(0xDFFF)}]")  # not as literals: mypyc refuses them
 _EVENT_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 
