@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from load import Results, load, provider
+from load import Results, load, provider, stop
 from webhookbus.delivery.spool import spool_status
 from webhookbus.testing.broker import Broker, read_topic
 from webhookbus.testing.process import ServerProcess
@@ -120,12 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         left = to_forward(spool)
         assert server.terminate() == 0
     finally:
-        try:
-            os.kill(broker.process.pid, signal.SIGCONT)  # type: ignore[union-attr]
-        except (ProcessLookupError, AttributeError):
-            pass
-        server.stop()
-        broker.stop()
+        stop(server, broker)
         subprocess.run(["umount", str(spool)], capture_output=True)
 
     log = server.log_path.read_text()

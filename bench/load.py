@@ -11,9 +11,16 @@ import asyncio
 import hashlib
 import hmac
 import json
+import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from webhookbus.testing.broker import Broker
+    from webhookbus.testing.process import ServerProcess
 
 SECRET = "load-secret"
 OPTIONS = {"prefix": "sha256=", "event_field": "type", "id_field": "id"}
@@ -29,6 +36,17 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def stop(server: ServerProcess, broker: Broker) -> None:
+    """The scenarios' teardown: resume the broker if the run left it frozen (else the listener's
+    graceful stop waits its whole budget for a broker that cannot answer), then stop both."""
+    try:
+        os.kill(broker.process.pid, signal.SIGCONT)  # type: ignore[union-attr]
+    except (ProcessLookupError, AttributeError):
+        pass
+    server.stop()
+    broker.stop()
 
 
 def children(pid: int) -> list[int]:

@@ -41,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from load import Results, children, load, provider, rss_mb
+from load import Results, children, load, provider, rss_mb, stop
 from webhookbus.testing.broker import Broker, read_topic
 from webhookbus.testing.process import ServerProcess
 
@@ -123,12 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                    timeout=300)}
         assert server.terminate() == 0
     finally:
-        try:
-            os.kill(broker.process.pid, signal.SIGCONT)  # type: ignore[union-attr]
-        except (ProcessLookupError, AttributeError):
-            pass
-        server.stop()
-        broker.stop()
+        stop(server, broker)
 
     lost = len(set(results.accepted) - delivered)
     if results.lost_on_reuse or results.lost_fresh:
