@@ -129,9 +129,6 @@ class BatchPublisher:
         # One timer per request, cancelled by the answer (cheaper than asyncio.wait_for).
         batch.timer = self._loop.call_later(timeout, self._expire, batch, timeout)
         self._send(batch)
-        if not self.metrics.enabled:
-            await future
-            return
         started = time.perf_counter()
         try:
             await future
