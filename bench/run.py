@@ -49,6 +49,9 @@ CLIENT, ENGINE = kafka_client("auto"), engines.resolve("auto")  # what webhookbu
 CLIENTS = [c for c in ("confluent", "kafka-python") if c == "kafka-python" or CLIENT == "confluent"]
 ENGINES = [e for e in engines.ENGINES if not engines.missing(e)]
 MAX_FILE_BYTES = 256 * 1024 * 1024  # request file per contender; past its end wrk wraps around
+# The compiled build (`make compiled`: setup.py, mypyc), what the webhookbus rows run when it is there;
+# the source (this interpreter's editable install) is the webhookbus-source row.
+COMPILED_PYTHON = BENCH.parent / ".venv-compiled" / "bin" / "python"
 
 
 @dataclass
@@ -112,8 +115,9 @@ class Run:
     def webhookbus(self, name: str, bootstrap: str, topic: str, port: int, *, workers: int = 1, providers: int = 1,
                    ack: str = "broker", loop: str = "auto", metrics: bool = False,
                    redis: RedisServer | None = None, client: str = "auto", engine: str = "auto",
-                   tls: dict[str, str] | None = None) -> Server:
-        """``tls``: ``server.tls`` settings (bench/tls_cost.py)."""
+                   tls: dict[str, str] | None = None, python: str | None = None) -> Server:
+        """``tls``: ``server.tls`` settings (bench/tls_cost.py); ``python``: the interpreter whose
+        webhookbus runs (default: ``--python``, the compiled build's when it is built)."""
         paths = ["/webhooks/uip"] if providers == 1 else [f"/webhooks/uip-{i}" for i in range(providers)]
         names = [path.rsplit("/", 1)[1] for path in paths]
         settings: dict[str, Any] = {
@@ -133,9 +137,12 @@ class Run:
         config.write_text(yaml.safe_dump(settings, sort_keys=False))
         os.environ.setdefault(SECRET_ENV, SECRET)
         parse_config(config.read_text(), str(config))  # a config error fails here, loudly
+        python = python or getattr(self.args, "python", sys.executable)
+        # PYTHONSAFEPATH: the working directory (this checkout) must not shadow the compiled build.
         # The readiness probe speaks plain HTTP: over TLS the warm-up waits instead.
-        return Server(name, [sys.executable, "-m", "webhookbus.cli", "serve", "--config", str(config)],
-                      {SECRET_ENV: SECRET}, paths, topic, ready_path=None if tls else "/readyz", tls=bool(tls),
+        return Server(name, [python, "-m", "webhookbus.cli", "serve", "--config", str(config)],
+                      {SECRET_ENV: SECRET, "PYTHONSAFEPATH": "1"}, paths, topic,
+                      ready_path=None if tls else "/readyz", tls=bool(tls),
                       also_pids=[redis.process.pid] if redis is not None and redis.process is not None else [])
 
     def measure_http(self, server: Server, port: int, broker: Broker, *, size: int = 600,
@@ -240,8 +247,14 @@ class Run:
             results.append(self.broker_ceiling(in_flight))
             _print_row(results[-1])
 
-        http("webhookbus", f"uip verifier; acks=all, idempotent; 2xx after the broker's ack; auto: {ENGINE} + {CLIENT}",
+        build = "compiled" if self.args.python == str(COMPILED_PYTHON) else self.args.python
+        http("webhookbus", f"uip verifier; acks=all, idempotent; 2xx after the broker's ack; auto: {ENGINE} + {CLIENT}; "
+                           f"{build}",
              lambda bootstrap, topic, port: self.webhookbus("webhookbus, 1 worker, ack=broker", bootstrap, topic, port))
+        if self.args.python != sys.executable:
+            http("webhookbus-source", f"the row above on the source (pure Python, {sys.executable})",
+                 lambda bootstrap, topic, port: self.webhookbus("webhookbus, 1 worker, ack=broker, source", bootstrap,
+                                                                topic, port, python=sys.executable))
         for engine, client in ((e, c) for e in ENGINES for c in CLIENTS if (e, c) != (ENGINE, CLIENT)):
             http(f"webhookbus-{engine}-{client}", f"server.engine {engine}, kafka.client {client}",
                  lambda bootstrap, topic, port, engine=engine, client=client: self.webhookbus(
@@ -485,7 +498,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--rate", type=float, help="fixed offered rate (default: half webhookbus's saturation)")
     parser.add_argument("--max-rps", type=float, default=6000, help="sizes the request files (distinct events)")
-    parser.add_argument("--only", help="comma-separated: webhookbus,webhookbus-<engine>-<client>,webhookbus-metrics,"
+    parser.add_argument("--python", default=str(COMPILED_PYTHON) if COMPILED_PYTHON.exists() else sys.executable,
+                        help="the interpreter whose webhookbus the webhookbus rows run (default: the compiled "
+                             "build's, .venv-compiled, when `make compiled` built it; else this one's)")
+    parser.add_argument("--only", help="comma-separated: webhookbus,webhookbus-source,webhookbus-<engine>-<client>,webhookbus-metrics,"
                                        "webhookbus-redis,webhookbus-spool,webhookbus-asyncio,webhookbus-workers,"
                                        "webhookbus-workers-metrics,express,minimal,bare,bare-asyncio,bare-uvicorn,ceiling")
     parser.add_argument("--no-spool", dest="spool", action="store_false", help="skip the ack=spool contender")

@@ -1,5 +1,6 @@
 """The listener's contract with plugins, called as plain ASGI (no server, no broker needed:
-every case here is refused before anything is published)."""
+every case here is refused before anything is published, but for the ids of several events,
+read from a publisher that acks at once)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from datetime import datetime, timezone
 
 from webhookbus.http.app import WebhookBus
 from webhookbus.config import parse_config
-from webhookbus.events import normalize
+from webhookbus.events import decode_kafka, normalize
 from webhookbus.plugin import InboundRequest, ProviderEvent, WebhookError
 
 CONFIG = """
@@ -22,6 +23,10 @@ providers:
 
 
 def call(app: WebhookBus, path: str = "/hooks/demo", body: bytes = b"{}") -> tuple[int, dict]:
+    return asyncio.run(answer(app, path, body))
+
+
+async def answer(app: WebhookBus, path: str = "/hooks/demo", body: bytes = b"{}") -> tuple[int, dict]:
     sent: list[dict] = []
 
     async def receive() -> dict:
@@ -32,7 +37,7 @@ def call(app: WebhookBus, path: str = "/hooks/demo", body: bytes = b"{}") -> tup
 
     scope = {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(), "query_string": b"",
              "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1234)}
-    asyncio.run(app(scope, receive, send))
+    await app(scope, receive, send)
     return sent[0]["status"], json.loads(sent[1]["body"] or b"null")
 
 
@@ -145,32 +150,40 @@ def test_readyz_probes_a_bootstrap_server_without_a_port_on_kafkas_default(monke
     assert dialled == [("broker.internal", 9092)]
 
 
-def test_several_events_of_one_request_without_ids_get_ids_of_their_own():
+def test_several_events_of_one_request_without_ids_get_ids_of_their_own(tmp_path):
     """Consumers dedup on source+id: one id for two events would lose the second."""
+    from test_http_fuzz import AckingPublisher
+
     from webhookbus.plugin import Accepted
 
     class TwoEvents:
         def verify(self, request: InboundRequest):
             return Accepted(ProviderEvent("a", {}), ProviderEvent("b", {}), ProviderEvent("c", {}, id="own"))
 
-    app, published = app_with(TwoEvents()), []
-
-    async def accept(provider, given_ids, events, fields, config=None) -> None:
-        published.extend(events)
-
-    app.delivery.accept = accept  # type: ignore[method-assign]
-    assert call(app, body=b'{"x": 1}')[0] == 200
-    digest = hashlib.sha256(b'{"x": 1}').hexdigest()
-    assert [e.id for e in published] == [f"{digest}-0", f"{digest}-1", "own"]
     class OneEvent:
         def verify(self, request: InboundRequest):
             return Accepted(ProviderEvent("a", {}))
 
-    single = app_with(OneEvent())
-    single.delivery.accept = accept  # type: ignore[method-assign]
-    published.clear()
-    call(single, body=b'{"x": 1}')
-    assert [e.id for e in published] == [digest], "one event keeps the plain body hash"
+    def published_ids(verifier: object) -> list[str]:
+        """The id of every record one request published (a publisher that acks at once)."""
+        config = parse_config(CONFIG + f"routes: [{{provider: demo, topic: hooks}}]\nspool: {{directory: {tmp_path}}}\n")
+        publisher = AckingPublisher()
+        app = WebhookBus(dataclasses.replace(config, providers={
+            "demo": dataclasses.replace(config.providers["demo"], verifier=verifier)}), publisher)  # type: ignore[arg-type]
+
+        async def one_request() -> int:
+            app.delivery.start()
+            try:
+                return (await answer(app, body=b'{"x": 1}'))[0]
+            finally:
+                await app.delivery.close(1)
+
+        assert asyncio.run(one_request()) == 200
+        return [decode_kafka(message.value, message.headers)["id"] for message in publisher.messages]
+
+    digest = hashlib.sha256(b'{"x": 1}').hexdigest()
+    assert published_ids(TwoEvents()) == [f"{digest}-0", f"{digest}-1", "own"]
+    assert published_ids(OneEvent()) == [digest], "one event keeps the plain body hash"
 
 
 def test_a_client_certificate_header_sent_twice_is_refused_not_guessed():

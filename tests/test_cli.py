@@ -376,3 +376,19 @@ def test_a_broker_on_an_occupied_port_is_refused_not_taken_for_ours(occupied_por
         assert broker.process is None
     finally:
         broker.stop()
+
+
+def test_a_broker_whose_port_was_taken_after_the_check_is_refused_not_taken_for_ours(occupied_port, monkeypatch):
+    """Two test sessions at once (make test runs two) may both pick the same free port: the port
+    was free when checked, another broker took it before tansu bound it, and that other broker
+    answers.  Only the process holding the listening socket counts as ours."""
+    from webhookbus.testing import Broker, broker as broker_module
+    from webhookbus.testing.broker import BrokerError
+
+    monkeypatch.setattr(broker_module, "port_in_use", lambda port: False)  # taken after the check
+    broker = Broker(port=occupied_port)
+    try:
+        with pytest.raises(BrokerError, match="while another process listened"):
+            broker.start()
+    finally:
+        broker.stop()

@@ -28,7 +28,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from webhookbus.delivery.options import CONFLUENT, kafka_client, untranslatable
-from webhookbus.events import CloudEvent
+from webhookbus.events import EVENT_FIELDS
 from webhookbus.pii import PiiRules
 from webhookbus.plugin import (Decides, Verifier, VerifierOptions, accepted_methods, installed_verifiers,
                                verifier_name_clashes)
@@ -793,7 +793,7 @@ def route_warnings(settings: Settings) -> Sequence[str]:
     # missing (a null key, a where clause that never matches).
     for i, route in enumerate(settings.routes):
         for where, reference in [("key", route.key), *(("where", name) for name in route.where)]:
-            if reference not in CloudEvent.FIELDS and not reference.startswith("data."):
+            if reference not in EVENT_FIELDS and not reference.startswith("data."):
                 warnings.append(f"routes[{i}].{where} {reference!r} is neither an attribute nor a data. field: "
                                 "only a plugin extension of that name would match")
     return warnings

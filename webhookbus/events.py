@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -55,6 +55,10 @@ def rfc3339(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+# What CloudEvent.field() finds besides ``data.<path>``; any other name is looked up among the extensions.
+EVENT_FIELDS = frozenset({"id", "source", "type", "subject", "time", "datacontenttype", "data", "receivedtime", "verifier"})
+
+
 @dataclass(frozen=True, slots=True)
 class CloudEvent:
     """One verified provider event, ready to route.  ``raw_body`` never leaves the
@@ -84,8 +88,6 @@ class CloudEvent:
             attrs["rawbody"] = base64.b64encode(self.raw_body).decode()
         return attrs
 
-    # What field() finds besides ``data.<path>``; any other name is looked up among the extensions.
-    FIELDS = frozenset({"id", "source", "type", "subject", "time", "datacontenttype", "data", "receivedtime", "verifier"})
 
     def field(self, reference: str) -> Any:
         """An attribute (``subject``, ``id``...) or a dotted data field (``data.user.id``)."""
@@ -215,7 +217,7 @@ def encode_binary(event: CloudEvent, include_raw_body: bool = False) -> tuple[by
     return event.data_json or _json(event.data), headers
 
 
-def decode_kafka(value: bytes | None, headers: Headers) -> dict[str, Any]:
+def decode_kafka(value: bytes | None, headers: Sequence[tuple[str, bytes | None]]) -> dict[str, Any]:
     """Either encoding back to one structured-mode document (attributes plus ``data``).
 
     For ``webhookbus tail``: it reads what any CloudEvents producer wrote, so a value that is

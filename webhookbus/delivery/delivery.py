@@ -43,11 +43,9 @@ log = logging.getLogger("webhookbus.delivery")
 class Refused(Exception):
     """Not accepted this time: answer 503 with Retry-After so the provider tries again."""
 
-    status = 503
-
     def __init__(self, error: str, detail: str, retry_after: int, in_flight: Batch | None = None) -> None:
         super().__init__(detail)
-        self.error, self.detail, self.retry_after = error, detail, retry_after
+        self.status, self.error, self.detail, self.retry_after = 503, error, detail, retry_after
         self.in_flight = in_flight  # the messages given up at the deadline, which may still land
 
 

@@ -30,7 +30,7 @@ from webhookbus.plugin import Accepted, InboundRequest, Reply, Response, Webhook
 from webhookbus.delivery.publish import Publisher, broker_reachable
 from webhookbus.http import reload
 from webhookbus.http.urls import BadForwardedHeader, request_url, trusted
-from webhookbus.delivery.replies import HeldRequests, Hold
+from webhookbus.delivery.replies import HeldRequests
 from webhookbus.http.deadlines import BodyDeadlines
 from webhookbus.signing import matched_secret_index
 
@@ -217,20 +217,21 @@ class WebhookBus:
         events = [normalize(request, provider.settings.verifier, event, index if several else None)
                   for index, event in enumerate(accepted.events)]
         fields["events"] = [event.id for event in events]
-        hold: Hold | None = self.held.hold(config.settings, provider, accepted, events, request.received_at)  # a consumer decides
-        try:
-            await self.delivery.accept(provider, [event.id for event in accepted.events],
-                                       events if hold is None else hold.events, fields, config)
-            if hold is not None:
+        ids = [event.id for event in accepted.events]
+        hold = self.held.hold(config.settings, provider, accepted, events, request.received_at)  # a consumer decides
+        try:  # two paths: mypyc 2.4 compiles `if hold is not None` in a `finally` to a check that hold is None
+            if hold is None:
+                await self.delivery.accept(provider, ids, events, fields, config)
+                return accepted.response or _EMPTY_200
+            try:
+                await self.delivery.accept(provider, ids, hold.events, fields, config)
                 return await self.held.decision(hold, fields)
+            finally:
+                self.held.release(hold)
         except Refused as exc:
             raise HttpError(exc.status, exc.error, exc.detail, [(b"retry-after", str(exc.retry_after).encode())]) from None
         except EventTooLarge as exc:
             raise HttpError(413, "event_too_large", str(exc)) from None
-        finally:
-            if hold is not None:
-                self.held.release(hold)
-        return accepted.response or _EMPTY_200
 
     async def _read_request(self, provider: Provider, scope: Scope, receive: Receive) -> InboundRequest:
         limit = self.server.max_body_bytes

@@ -8,6 +8,7 @@ consumer-group join only after the rebalance timeout.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import subprocess
 import time
@@ -56,6 +57,27 @@ def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1",
             continue
         if process is None or process.poll() is None:
             return
+
+
+def listens(pid: int, port: int) -> bool | None:
+    """Whether process ``pid`` holds the socket listening on ``127.0.0.1:port`` (None: this
+    system has no /proc to tell).  Two test sessions at once (``make test`` runs two) may pick
+    the same free port: the one whose tansu lost the bind must not take the other's broker for
+    its own, as an accepted connection alone would let it."""
+    try:
+        with open("/proc/net/tcp") as table:
+            inodes = {f"socket:[{fields[9]}]" for fields in (line.split() for line in list(table)[1:])
+                      if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port}  # 0A: LISTEN
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                return True
+        except OSError:  # closed meanwhile
+            continue
+    return False
 
 
 class BrokerError(RuntimeError):
@@ -111,7 +133,13 @@ class Broker:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         try:
+            deadline = time.monotonic() + timeout
             wait_for_port(self.port, timeout, process=process)
+            while listens(process.pid, self.port) is False:  # another's broker answers: ours exits soon
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise ChildProcessError(f"exited with status {process.poll()} while another process listened "
+                                            f"on {self.bootstrap}")
+                time.sleep(0.05)
         except ChildProcessError as exc:
             self.stop()
             raise BrokerError(f"the broker {exc} (port taken meanwhile?)") from None
