@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from webhookbus.delivery.dedup import CURRENT, DedupStore, dedup_key
@@ -47,3 +48,28 @@ def test_memory_and_disk_stay_bounded_and_keep_the_newest(tmp_path):
     assert on_disk <= 100
     reopened = DedupStore(tmp_path, max_entries=100)
     assert all(reopened.seen(dedup_key("p", str(n)), now) for n in range(950, 1000)), "the newest half survives"
+
+
+def test_the_marks_of_one_loop_iteration_are_written_together_before_their_await_returns(tmp_path):
+    """One write per iteration, not per mark (each write hands the GIL to the Kafka poll thread),
+    and still on disk before a request that awaits it answers 2xx."""
+    store = DedupStore(tmp_path, 100)
+    now = time.time()
+    log = tmp_path / "dedup.log"
+
+    async def two_requests() -> None:
+        first = store.mark([dedup_key("p", "a")], now + 60)
+        second = store.mark([dedup_key("p", "b"), dedup_key("p", "c")], now + 60)
+        assert first is not None and first is second, "one write for the iteration's marks"
+        assert store.seen(dedup_key("p", "a"), now) and log.stat().st_size == 0, "known at once, written later"
+        await first
+        assert log.stat().st_size == 3 * 12
+        assert await asyncio.wait_for(asyncio.shield(first), 1) is None  # awaited again: done, never raises
+        third = store.mark([dedup_key("p", "d")], now + 60)
+        assert third is not first
+        await third
+        assert log.stat().st_size == 4 * 12
+
+    asyncio.run(two_requests())
+    store.close()
+    assert all(DedupStore(tmp_path, 100).seen(dedup_key("p", k), now) for k in "abcd")

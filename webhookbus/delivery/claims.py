@@ -105,9 +105,8 @@ class LocalClaims:
             in_flight[key] = claim
         return claim
 
-    def settle(self, claim: Claim, accepted: bool) -> None:
-        if accepted:
-            self.store.mark(claim.held, claim.expires)
+    def settle(self, claim: Claim, accepted: bool) -> Awaitable[None] | None:
+        written = self.store.mark(claim.held, claim.expires) if accepted else None
         in_flight = self._in_flight
         for key in claim.held:
             if in_flight.get(key) is claim:
@@ -115,6 +114,7 @@ class LocalClaims:
         for outcome in claim.waiters:
             if not outcome.done():
                 outcome.set_result(accepted)
+        return written
 
     def remembered(self) -> int:
         return len(self.store)

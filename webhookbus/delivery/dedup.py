@@ -10,7 +10,9 @@ The key is 8 bytes of BLAKE2b over ``provider NUL event id`` (a false match need
 remembered ids).  In memory: key -> expiry, oldest first, at most ``max_entries``.  On
 disk, in the process's spool slot: ``dedup.log`` and ``dedup.old``, 12-byte records (key,
 u32 expiry).  Each mark is written before the 2xx is sent, so a killed process forgets
-nothing (the page cache keeps the write); files are synced at close, so a power loss can
+nothing (the page cache keeps the write): the marks of one event loop iteration in one
+``os.write``, which the requests await (a write per mark hands the GIL to the Kafka poll thread
+each time, a thread switch that cost more than the write); files are synced at close, so a power loss can
 forget the last seconds, which at worst publishes a retried event twice.  When
 ``dedup.log`` holds ``max_entries / 2`` records it replaces ``dedup.old``: the disk holds
 at most ``max_entries`` records and always the newest ``max_entries / 2``.
@@ -18,6 +20,7 @@ at most ``max_entries`` records and always the newest ``max_entries / 2``.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -58,6 +61,8 @@ class DedupStore:
         if size % _RECORD.size:  # a torn last record from a crash
             os.ftruncate(self._fd, size - size % _RECORD.size)
         self._written = size // _RECORD.size
+        self._pending: list[bytes] = []  # marks not written yet, and the future of their write
+        self._write_done: asyncio.Future[None] | None = None
 
     def _load(self, path: Path, now: float) -> None:
         try:
@@ -77,26 +82,44 @@ class DedupStore:
         expires = self._expiry.get(key)
         return expires is not None and expires > now
 
-    def mark(self, keys: Iterable[bytes], expires: float) -> None:
-        """Remember ``keys`` until ``expires`` (unix seconds), in memory and on disk."""
+    def mark(self, keys: Iterable[bytes], expires: float) -> asyncio.Future[None] | None:
+        """Remember ``keys`` until ``expires`` (unix seconds), in memory at once and on disk with
+        the other marks of this loop iteration: await what it returns before answering 2xx (it
+        never raises).  Without a running loop the marks are written before it returns (None)."""
         when = int(expires) + 1
-        records = []
+        pending = self._pending
         for key in keys:
             self._expiry.pop(key, None)
             self._expiry[key] = when
-            records.append(_RECORD.pack(key, when))
-        if not records:
-            return
-        try:
-            os.write(self._fd, b"".join(records))
-            self._written += len(records)
-            if self._written >= self.max_entries // 2:
-                self._rotate()
-        except OSError as exc:  # on the event loop, settling a claim: must not raise
-            self._disk.failed(exc)
-        else:
-            self._disk.cleared()
-        self._evict(time.time())
+            pending.append(_RECORD.pack(key, when))
+        if not pending:
+            return None
+        if self._write_done is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self._write()
+                return None
+            self._write_done = loop.create_future()
+            loop.call_soon(self._write)
+        return self._write_done
+
+    def _write(self) -> None:
+        done, self._write_done = self._write_done, None
+        records, self._pending = self._pending, []
+        if records and self._fd >= 0:
+            try:
+                os.write(self._fd, b"".join(records))
+                self._written += len(records)
+                if self._written >= self.max_entries // 2:
+                    self._rotate()
+            except OSError as exc:  # on the event loop: must not raise
+                self._disk.failed(exc)
+            else:
+                self._disk.cleared()
+            self._evict(time.time())
+        if done is not None and not done.done():
+            done.set_result(None)
 
     def _evict(self, now: float) -> None:
         """Drop expired entries from the front, and the oldest beyond ``max_entries``."""
@@ -120,6 +143,7 @@ class DedupStore:
         self._fd, self._written = fd, 0
 
     def close(self) -> None:
+        self._write()  # what the last iteration marked
         if self._fd >= 0:
             try:
                 os.fsync(self._fd)
