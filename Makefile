@@ -8,6 +8,10 @@ PLUGINS := $(foreach p,$(wildcard plugins/*/pyproject.toml),-e ./$(dir $(p)))
 # The compiled build: setup.py compiles the request path with mypyc (WEBHOOKBUS_COMPILE=1).
 COMPILED := .venv-compiled
 COMPILED_STAMP := $(COMPILED)/.installed
+# The suite on each: PYTHONSAFEPATH keeps this directory off sys.path, so the compiled run and every
+# listener it starts import the compiled package, not ./webhookbus (tests/test_compiled.py checks).
+PYTEST_SOURCE := $(BIN)/python -m pytest -q
+PYTEST_COMPILED := PYTHONSAFEPATH=1 WEBHOOKBUS_EXPECT_COMPILED=1 $(COMPILED)/bin/pytest -q -p no:cacheprovider
 
 .PHONY: run test test-source test-compiled test-deps install compiled check bench bench-deps chaos clean
 
@@ -34,8 +38,7 @@ run: $(STAMP)
 	$(BIN)/webhookbus dev --config $(CONFIG) --policy config/authgear_policy.py:decide
 
 # The suite twice, at once (it mostly waits on brokers and timeouts): on the source (the editable
-# install) and on the compiled build.  PYTHONSAFEPATH keeps this directory off sys.path, so the
-# compiled run and every listener it starts import the compiled package, not ./webhookbus.
+# install) and on the compiled build.
 # Without a C compiler or Python's headers there is no compiled build: the suite runs on the source only.
 CAN_COMPILE := $(shell { command -v cc || command -v gcc; } >/dev/null && $(PYTHON) -c "import os, sys, sysconfig; \
 	sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" && echo yes)
@@ -45,19 +48,18 @@ test: test-source
 else
 test: $(STAMP) $(COMPILED_STAMP) test-deps
 	@mkdir -p build; rm -f build/test-compiled.status; \
-	{ PYTHONSAFEPATH=1 WEBHOOKBUS_EXPECT_COMPILED=1 $(COMPILED)/bin/pytest -q -p no:cacheprovider \
-		>build/test-compiled.log 2>&1; echo $$? >build/test-compiled.status; } & \
-	$(BIN)/python -m pytest -q; status=$$?; wait; \
+	{ $(PYTEST_COMPILED) >build/test-compiled.log 2>&1; echo $$? >build/test-compiled.status; } & \
+	$(PYTEST_SOURCE); status=$$?; wait; \
 	echo "== the same suite on the compiled build (all of it in build/test-compiled.log):"; \
 	tail -n 30 build/test-compiled.log; \
 	[ $$status = 0 ] && [ "$$(cat build/test-compiled.status)" = 0 ]
 endif
 
 test-source: $(STAMP) test-deps
-	$(BIN)/python -m pytest -q
+	$(PYTEST_SOURCE)
 
 test-compiled: $(COMPILED_STAMP) test-deps
-	PYTHONSAFEPATH=1 WEBHOOKBUS_EXPECT_COMPILED=1 $(COMPILED)/bin/pytest -q -p no:cacheprovider
+	$(PYTEST_COMPILED)
 
 # Debian's redis-server: the Redis dedup store's tests start their own (make run needs none).
 # Debian's chromium: tests/test_status_page.py loads the admin status page in it, headless; where it

@@ -88,7 +88,6 @@ class CloudEvent:
             attrs["rawbody"] = base64.b64encode(self.raw_body).decode()
         return attrs
 
-
     def field(self, reference: str) -> Any:
         """An attribute (``subject``, ``id``...) or a dotted data field (``data.user.id``)."""
         if reference == "data":

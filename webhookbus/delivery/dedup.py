@@ -11,9 +11,9 @@ remembered ids).  In memory: key -> expiry, oldest first, at most ``max_entries`
 disk, in the process's spool slot: ``dedup.log`` and ``dedup.old``, 12-byte records (key,
 u32 expiry).  Each mark is written before the 2xx is sent, so a killed process forgets
 nothing (the page cache keeps the write): the marks of one event loop iteration in one
-``os.write``, which the requests await (a write per mark hands the GIL to the Kafka poll thread
-each time, a thread switch that cost more than the write); files are synced at close, so a power loss can
-forget the last seconds, which at worst publishes a retried event twice.  When
+``os.write``, which the requests await (a write per mark handed the GIL to the Kafka poll
+thread each time, a thread switch that cost more than the write).  Files are synced at close,
+so a power loss can forget the last seconds, which at worst publishes a retried event twice.  When
 ``dedup.log`` holds ``max_entries / 2`` records it replaces ``dedup.old``: the disk holds
 at most ``max_entries`` records and always the newest ``max_entries / 2``.
 """

@@ -217,14 +217,14 @@ class WebhookBus:
         events = [normalize(request, provider.settings.verifier, event, index if several else None)
                   for index, event in enumerate(accepted.events)]
         fields["events"] = [event.id for event in events]
-        ids = [event.id for event in accepted.events]
+        given_ids = [event.id for event in accepted.events]  # the provider's own, None where it gave none
         hold = self.held.hold(config.settings, provider, accepted, events, request.received_at)  # a consumer decides
         try:  # two paths: mypyc 2.4 compiles `if hold is not None` in a `finally` to a check that hold is None
             if hold is None:
-                await self.delivery.accept(provider, ids, events, fields, config)
+                await self.delivery.accept(provider, given_ids, events, fields, config)
                 return accepted.response or _EMPTY_200
             try:
-                await self.delivery.accept(provider, ids, hold.events, fields, config)
+                await self.delivery.accept(provider, given_ids, hold.events, fields, config)
                 return await self.held.decision(hold, fields)
             finally:
                 self.held.release(hold)

@@ -137,8 +137,7 @@ class Broker:
             wait_for_port(self.port, timeout, process=process)
             while listens(process.pid, self.port) is False:  # another's broker answers: ours exits soon
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise ChildProcessError(f"exited with status {process.poll()} while another process listened "
-                                            f"on {self.bootstrap}")
+                    raise ChildProcessError(f"did not take {self.bootstrap} while another process listened there")
                 time.sleep(0.05)
         except ChildProcessError as exc:
             self.stop()
