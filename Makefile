@@ -37,8 +37,9 @@ compiled: $(COMPILED_STAMP)
 run: $(STAMP)
 	$(BIN)/webhookbus dev --config $(CONFIG) --policy config/authgear_policy.py:decide
 
-# The suite twice, at once (it mostly waits on brokers and timeouts): on the source (the editable
-# install) and on the compiled build.
+# The suite twice: on the source (the editable install), then on the compiled build.  One after
+# the other: run at once (half the time), a kafka-python deadline test failed in two of four runs
+# (a publish to a SIGSTOPped broker acked; cause not found), which it never did alone.
 # Without a C compiler or Python's headers there is no compiled build: the suite runs on the source only.
 CAN_COMPILE := $(shell { command -v cc || command -v gcc; } >/dev/null && $(PYTHON) -c "import os, sys, sysconfig; \
 	sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" && echo yes)
@@ -46,13 +47,7 @@ ifneq ($(CAN_COMPILE),yes)
 test: test-source
 	@echo "no C compiler or no Python headers: the suite ran on the source only, not on the compiled build"
 else
-test: $(STAMP) $(COMPILED_STAMP) test-deps
-	@mkdir -p build; rm -f build/test-compiled.status; \
-	{ $(PYTEST_COMPILED) >build/test-compiled.log 2>&1; echo $$? >build/test-compiled.status; } & \
-	$(PYTEST_SOURCE); status=$$?; wait; \
-	echo "== the same suite on the compiled build (all of it in build/test-compiled.log):"; \
-	tail -n 30 build/test-compiled.log; \
-	[ $$status = 0 ] && [ "$$(cat build/test-compiled.status)" = 0 ]
+test: test-source test-compiled
 endif
 
 test-source: $(STAMP) test-deps
