@@ -7,9 +7,11 @@ connections stay open, requests wait), then thawed with SIGCONT.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -219,22 +221,55 @@ def test_every_translated_option_is_a_librdkafka_property_it_accepts(tmp_path):
 
 
 @pytest.mark.skipif(not CONFLUENT_INSTALLED, reason="confluent-kafka is not installed")
-def test_the_poll_thread_outlives_an_error_and_the_producer_is_replaced(kafka_broker, topic_name):
+def test_while_records_are_in_flight_the_loop_serves_their_delivery_reports(own_broker, topic_name):
+    """Served on the poll thread, each report was a GIL hand-over with the busy loop (confluent.py)."""
+    topic = topic_name("loop-polls")
+
+    async def main() -> None:
+        publisher = await started(KafkaSettings(bootstrap_servers=[own_broker.bootstrap], client="confluent"))
+        await publisher.publish(records(topic, "warm"), 10)  # the topic and its leader are known
+        served_on: list[int] = []
+        reported = publisher._reported  # type: ignore[attr-defined]
+
+        def spy(*report: object) -> None:
+            served_on.append(threading.get_ident())
+            reported(*report)
+
+        publisher._reported = spy  # type: ignore[attr-defined]
+        freeze(own_broker, True)
+        try:
+            publishing = asyncio.ensure_future(publisher.publish(records(topic, "a", "b"), 10))
+            await asyncio.sleep(0.3)  # the poll thread, past its POLL_WAIT, leaves the polling to the loop
+        finally:
+            freeze(own_broker, False)
+        await publishing
+        assert served_on == [threading.get_ident()] * 2
+        await publisher.close(5)
+
+    asyncio.run(main())
+    assert values(own_broker.bootstrap, topic, 3) == [b"a", b"b", b"warm"]
+
+
+@pytest.mark.skipif(not CONFLUENT_INSTALLED, reason="confluent-kafka is not installed")
+@pytest.mark.parametrize("poller", ["thread", "loop"])
+def test_a_poll_that_raises_replaces_the_producer_and_polling_goes_on(kafka_broker, topic_name, poller, caplog):
     """An exception out of poll() (a fatal producer, a callback's bug) used to end the poll thread:
-    no batch was answered again, and their requests kept their dedup claims for good."""
+    no batch was answered again, and their requests kept their dedup claims for good.  The poll
+    thread polls while nothing is in flight (``poll(POLL_WAIT)``), the loop while records are
+    (``poll(0)``): either may meet the failure."""
     from confluent_kafka import KafkaError, KafkaException
 
-    topic = topic_name("poll")
+    topic = topic_name(f"poll-{poller}")
 
     class RaisesOnce:
-        """The real producer, whose next poll() raises once."""
+        """The real producer, whose next poll() by ``poller`` raises once."""
 
         def __init__(self, real: object) -> None:
-            self.real, self.raised = real, False
+            self.real, self.raised_on = real, 0
 
         def poll(self, timeout: float) -> int:
-            if not self.raised:
-                self.raised = True
+            if not self.raised_on and (timeout == 0) == (poller == "loop"):
+                self.raised_on = threading.get_ident()
                 raise KafkaException(KafkaError(KafkaError._FATAL))
             return self.real.poll(timeout)  # type: ignore[attr-defined]
 
@@ -248,13 +283,19 @@ def test_the_poll_thread_outlives_an_error_and_the_producer_is_replaced(kafka_br
         publisher = await started(KafkaSettings(bootstrap_servers=[kafka_broker.bootstrap], client="confluent"))
         await publisher.publish(records(topic, "before"), 10)
         flaky = publisher._producer = RaisesOnce(publisher._producer)  # type: ignore[attr-defined]
+        if poller == "loop":  # its record may land or fail with the producer it was given to
+            with contextlib.suppress(PublishFailed):
+                await publisher.publish(records(topic, "during"), 10)
         deadline = time.monotonic() + 10
-        while not flaky.raised:
+        while not flaky.raised_on:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.01)
+        assert (flaky.raised_on == threading.get_ident()) == (poller == "loop")
         await publisher.publish(records(topic, "after"), 10)
         assert publisher._producer is not flaky, "the producer whose poll failed was replaced"  # type: ignore[attr-defined]
         await publisher.close(5)
 
     asyncio.run(main())
-    assert values(kafka_broker.bootstrap, topic, 2) == [b"after", b"before"]
+    assert "Kafka poll failed; replacing the producer" in caplog.messages
+    landed = values(kafka_broker.bootstrap, topic, 2)
+    assert [value for value in landed if value != b"during"] == [b"after", b"before"]

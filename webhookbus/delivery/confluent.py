@@ -2,8 +2,16 @@
 
 librdkafka does its I/O on threads of its own that do not hold the GIL, so unlike
 kafka-python (:mod:`webhookbus.delivery.producer`) it needs no process of its own: the
-event loop calls ``produce()`` per record, and a poll thread serves the delivery reports
-and hands them to the loop, all that one wake-up brought in one ``call_soon_threadsafe``.
+event loop calls ``produce()`` per record.
+
+Who serves the delivery reports depends on whether records are in flight.  While they are,
+the loop polls librdkafka itself: once in the loop iteration after a ``produce()``, and every
+millisecond until the last record is answered.  Each report is a call into Python, which
+needs the GIL: served from another thread, every one of them was a GIL hand-over between
+that thread and the busy loop, which cost a sixth of a request's CPU at saturation (bench/).
+While nothing is in flight a poll thread serves librdkafka instead (its error callbacks, a
+report that comes late), probes an unreachable broker and hands the loop what it found in
+one ``call_soon_threadsafe``.
 
 The guarantees are the producer process's:
 
@@ -44,6 +52,7 @@ class _LoopClosed(Exception):
     """The event loop is gone: the poll thread has nobody left to report to."""
 
 POLL_WAIT = 0.05  # seconds the poll thread blocks in librdkafka when nothing happens
+LOOP_POLL_EVERY = 0.001  # seconds between the loop's polls while records are in flight (libuv's timers count ms)
 PROBE_EVERY = 1.0  # seconds between metadata requests while no broker answered
 
 
@@ -61,6 +70,8 @@ class ConfluentPublisher(BatchPublisher):
         self._waiting: deque[Batch] = deque()  # over the bound: produced as reports free room
         self._reports: deque[tuple[Batch, int, int, Any]] = deque()  # (batch, index, generation, error)
         self._drain_due = False
+        self._poll_soon: asyncio.Handle | None = None  # the loop's poll in the iteration after a produce()
+        self._poll_timer: asyncio.TimerHandle | None = None  # and its poll every LOOP_POLL_EVERY
         self._retiring: list[Any] = []  # replaced producers, purged by the poll thread
         self._connected = False
         self._stall_after = max(5.0, 2 * settings.publish_timeout)  # as the producer process's
@@ -114,6 +125,8 @@ class ConfluentPublisher(BatchPublisher):
             self._produce(batch)
 
     def _produce(self, batch: Batch) -> None:
+        if self._poll_soon is None:  # the loop serves this batch's reports
+            self._poll_soon = self._loop.call_soon(self._loop_poll, True)  # type: ignore[union-attr]
         batch.state = SENDING
         if not self._in_flight:
             self._progress_at = time.monotonic()
@@ -133,6 +146,23 @@ class ConfluentPublisher(BatchPublisher):
     def _abandon(self, batch: Batch) -> None:
         if batch.state == QUEUED:  # still waiting for room: never produced
             self._fail(batch, "abandoned before it was sent")
+
+    def _loop_poll(self, soon: bool) -> None:
+        """Serve the reports that arrived; poll again in :data:`LOOP_POLL_EVERY` while records are in flight."""
+        if soon:
+            self._poll_soon = None
+        else:
+            self._poll_timer = None
+        if self._stopping.is_set():  # close() waited for what it could; the rest is failed there
+            return
+        try:
+            self._producer.poll(0)
+        except Exception as exc:  # as on the poll thread: the next drain replaces the producer
+            self._poll_failed(exc)
+        if self._reports or self._failed_generation == self._generation:
+            self._drain()
+        if self._in_flight and self._poll_timer is None:
+            self._poll_timer = self._loop.call_later(LOOP_POLL_EVERY, self._loop_poll, False)  # type: ignore[union-attr]
 
     def _drain(self) -> None:
         """Settle what the poll thread reported, then produce what now has room."""
@@ -194,8 +224,7 @@ class ConfluentPublisher(BatchPublisher):
             except _LoopClosed:  # the process is stopping
                 return
             except Exception as exc:
-                log.error("Kafka poll failed; replacing the producer", extra={"reason": where(exc)})
-                self._failed_generation = self._generation
+                self._poll_failed(exc)
                 try:
                     self._wake_loop()  # the loop replaces the producer, as after a fatal error
                 except _LoopClosed:
@@ -203,7 +232,10 @@ class ConfluentPublisher(BatchPublisher):
                 time.sleep(POLL_WAIT)
 
     def _poll_once(self, probe_at: float) -> float:
-        self._producer.poll(POLL_WAIT)
+        if self._in_flight:  # the loop polls (see the module docstring)
+            self._stopping.wait(POLL_WAIT)
+        else:
+            self._producer.poll(POLL_WAIT)
         if self._retiring:
             self._retire_all()
         now = time.monotonic()
@@ -218,6 +250,10 @@ class ConfluentPublisher(BatchPublisher):
         if self._reports or self._failed_generation == self._generation:
             self._wake_loop()
         return probe_at
+
+    def _poll_failed(self, exc: Exception) -> None:
+        log.error("Kafka poll failed; replacing the producer", extra={"reason": where(exc)})
+        self._failed_generation = self._generation
 
     def _wake_loop(self) -> None:
         """Have the loop run :meth:`_drain` once for everything reported so far."""

@@ -30,6 +30,11 @@ from typing import Any
 
 import pytest
 
+# The contract suite's asserts explain a failure only when pytest rewrites them.  It rewrites an
+# entry-point plugin's whole distribution only from its installed file list, which an editable
+# install (pip install -e) does not have: the bare `pytest` command then failed with empty messages.
+pytest.register_assert_rewrite("webhookbus.testing.contract")
+
 from webhookbus.testing.broker import Broker, free_port, read_topic, to_cloudevent
 from webhookbus.testing.listener import Listener
 from webhookbus.testing.redis import RedisServer
