@@ -251,6 +251,34 @@ def test_while_records_are_in_flight_the_loop_serves_their_delivery_reports(own_
 
 
 @pytest.mark.skipif(not CONFLUENT_INSTALLED, reason="confluent-kafka is not installed")
+def test_when_the_loop_stops_polling_the_poll_thread_takes_over(kafka_broker, topic_name):
+    """Whatever ends the loop's polling (a bug, an exception out of a drain), records in flight
+    are still answered: the poll thread polls once the loop has not for POLL_WAIT."""
+    topic = topic_name("takeover")
+
+    async def main() -> None:
+        publisher = await started(KafkaSettings(bootstrap_servers=[kafka_broker.bootstrap], client="confluent"))
+        await publisher.publish(records(topic, "warm"), 10)
+        real_call_soon = publisher._loop.call_soon  # type: ignore[attr-defined]
+
+        def call_soon(callback: object, *args: object, **context: object) -> object:  # the loop's polls never run
+            handle = real_call_soon(callback, *args, **context)
+            if getattr(callback, "__name__", "") == "_loop_poll":
+                handle.cancel()
+            return handle
+
+        publisher._loop.call_soon = call_soon  # type: ignore[attr-defined]
+        try:
+            await publisher.publish(records(topic, "served by the thread"), 3)
+        finally:
+            publisher._loop.call_soon = real_call_soon  # type: ignore[attr-defined]
+        await publisher.close(5)
+
+    asyncio.run(main())
+    assert values(kafka_broker.bootstrap, topic, 2) == [b"served by the thread", b"warm"]
+
+
+@pytest.mark.skipif(not CONFLUENT_INSTALLED, reason="confluent-kafka is not installed")
 @pytest.mark.parametrize("poller", ["thread", "loop"])
 def test_a_poll_that_raises_replaces_the_producer_and_polling_goes_on(kafka_broker, topic_name, poller, caplog):
     """An exception out of poll() (a fatal producer, a callback's bug) used to end the poll thread:

@@ -4,14 +4,14 @@ librdkafka does its I/O on threads of its own that do not hold the GIL, so unlik
 kafka-python (:mod:`webhookbus.delivery.producer`) it needs no process of its own: the
 event loop calls ``produce()`` per record.
 
-Who serves the delivery reports depends on whether records are in flight.  While they are,
-the loop polls librdkafka itself: once in the loop iteration after a ``produce()``, and every
-millisecond until the last record is answered.  Each report is a call into Python, which
-needs the GIL: served from another thread, every one of them was a GIL hand-over between
-that thread and the busy loop, which cost a sixth of a request's CPU at saturation (bench/).
-While nothing is in flight a poll thread serves librdkafka instead (its error callbacks, a
-report that comes late), probes an unreachable broker and hands the loop what it found in
-one ``call_soon_threadsafe``.
+While records are in flight the loop polls librdkafka for their delivery reports itself:
+once in the loop iteration after a ``produce()``, and every millisecond until the last is
+answered.  Each report is a call into Python, which needs the GIL: served from another
+thread, every one was a GIL hand-over between that thread and the busy loop, a sixth of a
+request's CPU at saturation (bench/README.md).  A poll thread polls whenever the loop has not
+for :data:`POLL_WAIT` (nothing in flight: librdkafka's error callbacks; or the loop stopped
+polling), hands the loop what it served in one ``call_soon_threadsafe``, and keeps watch:
+it probes an unreachable broker, notices a producer that stalled, and purges replaced ones.
 
 The guarantees are the producer process's:
 
@@ -72,6 +72,7 @@ class ConfluentPublisher(BatchPublisher):
         self._drain_due = False
         self._poll_soon: asyncio.Handle | None = None  # the loop's poll in the iteration after a produce()
         self._poll_timer: asyncio.TimerHandle | None = None  # and its poll every LOOP_POLL_EVERY
+        self._loop_polled_at = 0.0  # monotonic; the poll thread polls when this is POLL_WAIT old
         self._retiring: list[Any] = []  # replaced producers, purged by the poll thread
         self._connected = False
         self._stall_after = max(5.0, 2 * settings.publish_timeout)  # as the producer process's
@@ -148,24 +149,30 @@ class ConfluentPublisher(BatchPublisher):
             self._fail(batch, "abandoned before it was sent")
 
     def _loop_poll(self, soon: bool) -> None:
-        """Serve the reports that arrived; poll again in :data:`LOOP_POLL_EVERY` while records are in flight."""
+        """Serve the reports that arrived; poll again in :data:`LOOP_POLL_EVERY` while records are
+        in flight (:data:`POLL_WAIT` after a failed poll, as the poll thread waits)."""
         if soon:
             self._poll_soon = None
         else:
             self._poll_timer = None
         if self._stopping.is_set():  # close() waited for what it could; the rest is failed there
             return
+        delay = LOOP_POLL_EVERY
         try:
+            self._loop_polled_at = time.monotonic()
             self._producer.poll(0)
-        except Exception as exc:  # as on the poll thread: the next drain replaces the producer
+        except Exception as exc:  # as on the poll thread: the drain below replaces the producer
             self._poll_failed(exc)
-        if self._reports or self._failed_generation == self._generation:
-            self._drain()
-        if self._in_flight and self._poll_timer is None:
-            self._poll_timer = self._loop.call_later(LOOP_POLL_EVERY, self._loop_poll, False)  # type: ignore[union-attr]
+            delay = POLL_WAIT
+        try:
+            if self._reports or self._failed_generation == self._generation:
+                self._drain()
+        finally:  # whatever the drain raised, the records left in flight are polled for
+            if self._in_flight and self._poll_timer is None:
+                self._poll_timer = self._loop.call_later(delay, self._loop_poll, False)  # type: ignore[union-attr]
 
     def _drain(self) -> None:
-        """Settle what the poll thread reported, then produce what now has room."""
+        """Settle the reports served so far, then produce what now has room."""
         self._drain_due = False
         reports = self._reports
         while reports:
@@ -232,7 +239,7 @@ class ConfluentPublisher(BatchPublisher):
                 time.sleep(POLL_WAIT)
 
     def _poll_once(self, probe_at: float) -> float:
-        if self._in_flight:  # the loop polls (see the module docstring)
+        if self._in_flight and time.monotonic() - self._loop_polled_at < POLL_WAIT:  # the loop polls
             self._stopping.wait(POLL_WAIT)
         else:
             self._producer.poll(POLL_WAIT)
