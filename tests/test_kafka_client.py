@@ -282,9 +282,9 @@ def test_when_the_loop_stops_polling_the_poll_thread_takes_over(kafka_broker, to
 @pytest.mark.parametrize("poller", ["thread", "loop"])
 def test_a_poll_that_raises_replaces_the_producer_and_polling_goes_on(kafka_broker, topic_name, poller, caplog):
     """An exception out of poll() (a fatal producer, a callback's bug) used to end the poll thread:
-    no batch was answered again, and their requests kept their dedup claims for good.  The poll
-    thread polls while nothing is in flight (``poll(POLL_WAIT)``), the loop while records are
-    (``poll(0)``): either may meet the failure."""
+    no batch was answered again, and their requests kept their dedup claims for good.  The loop
+    polls while records are in flight (``poll(0)``), the poll thread when the loop has not for
+    POLL_WAIT, as while nothing is in flight (``poll(POLL_WAIT)``): either may meet the failure."""
     from confluent_kafka import KafkaError, KafkaException
 
     topic = topic_name(f"poll-{poller}")
